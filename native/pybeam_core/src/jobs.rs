@@ -1,0 +1,161 @@
+//! What a request asks the loop thread to do, and how it is done under the GIL.
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
+
+use crate::convert::{from_python, to_python, ToValueError};
+use crate::pyerror::PythonError;
+use crate::pymodule::CallTimeout;
+use crate::value::{Value, MAX_DEPTH};
+
+/// One unit of work for a loop thread.
+#[derive(Debug)]
+pub enum Job {
+    /// `module.function(*args, **kwargs)`; `function` may be a dotted attribute path.
+    Call { module: String, function: String, args: Vec<Value>, kwargs: Vec<(String, Value)> },
+    /// Evaluate an expression in the loop's globals, with optional extra locals.
+    Eval { code: Vec<u8>, locals: Vec<(String, Value)> },
+    /// Execute statements in the loop's globals.
+    Exec { code: Vec<u8> },
+}
+
+/// Why a job produced no value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallError {
+    Python(PythonError),
+    /// The result holds an object with no Erlang form; carries its qualified type name.
+    UnsupportedType(String),
+    /// The result nests deeper than `MAX_DEPTH`.
+    TooDeep(usize),
+    /// The caller timed out and the job was interrupted; nobody is waiting for it.
+    Interrupted,
+    /// The loop was closed before the request ran.
+    Closed,
+    /// A bug on our side (a Rust panic), reported instead of crashing the VM.
+    Internal(String),
+}
+
+pub type Outcome = Result<Value, CallError>;
+
+/// Per-loop Python state: the globals that `eval`/`exec` share on this loop.
+pub struct Executor {
+    globals: Py<PyDict>,
+}
+
+impl Executor {
+    pub fn new(py: Python<'_>) -> PyResult<Executor> {
+        let globals = PyDict::new(py);
+        globals.set_item("__builtins__", py.import("builtins")?)?;
+        globals.set_item("__name__", "__pybeam__")?;
+        Ok(Executor { globals: globals.unbind() })
+    }
+
+    pub fn run(&self, py: Python<'_>, job: Job) -> Outcome {
+        let result = match job {
+            Job::Call { module, function, args, kwargs } => {
+                call(py, &module, &function, &args, &kwargs)
+            }
+            Job::Eval { code, locals } => self.eval(py, &code, &locals),
+            Job::Exec { code } => self.exec(py, &code).map(|_| py.None().into_bound(py)),
+        };
+        match result {
+            Ok(obj) => value_of(&obj),
+            Err(err) => Err(python_error(py, &err)),
+        }
+    }
+
+    fn eval<'py>(
+        &self,
+        py: Python<'py>,
+        code: &[u8],
+        locals: &[(String, Value)],
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let compiled = compile(py, code, "eval")?;
+        let globals = self.globals.bind(py);
+        let locals = if locals.is_empty() { None } else { Some(kwargs_dict(py, locals)?) };
+        py.import("builtins")?.getattr("eval")?.call1((compiled, globals, locals))
+    }
+
+    fn exec<'py>(&self, py: Python<'py>, code: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+        let compiled = compile(py, code, "exec")?;
+        py.import("builtins")?.getattr("exec")?.call1((compiled, self.globals.bind(py)))
+    }
+}
+
+/// Compiles source given as bytes, so that Python itself reports bad encodings and NULs.
+fn compile<'py>(py: Python<'py>, code: &[u8], mode: &str) -> PyResult<Bound<'py, PyAny>> {
+    py.import("builtins")?
+        .getattr("compile")?
+        .call1((PyBytes::new(py, code), "<pybeam>", mode))
+}
+
+/// Converts a Python result; a result with no Erlang form is an error, not a crash.
+pub fn value_of(obj: &Bound<'_, PyAny>) -> Outcome {
+    match from_python(obj) {
+        Ok(v) => Ok(v),
+        Err(ToValueError::Unsupported(name)) => Err(CallError::UnsupportedType(name)),
+        Err(ToValueError::TooDeep) => Err(CallError::TooDeep(MAX_DEPTH)),
+        Err(ToValueError::Python(e)) => Err(python_error(obj.py(), &e)),
+    }
+}
+
+pub fn python_error(py: Python<'_>, err: &PyErr) -> CallError {
+    if err.is_instance_of::<CallTimeout>(py) {
+        return CallError::Interrupted;
+    }
+    CallError::Python(PythonError::from_pyerr(py, err))
+}
+
+/// Finds `module` (already imported ones straight from `sys.modules`) and calls
+/// `function` on it.
+pub fn call<'py>(
+    py: Python<'py>,
+    module: &str,
+    function: &str,
+    args: &[Value],
+    kwargs: &[(String, Value)],
+) -> PyResult<Bound<'py, PyAny>> {
+    let mut target = import(py, module)?;
+    for part in function.split('.') {
+        target = target.getattr(PyString::new(py, part))?;
+    }
+    let args = PyTuple::new(py, args.iter().map(|v| to_python(py, v)).collect::<PyResult<Vec<_>>>()?)?;
+    if kwargs.is_empty() {
+        target.call1(args)
+    } else {
+        target.call(args, Some(&kwargs_dict(py, kwargs)?))
+    }
+}
+
+pub fn import<'py>(py: Python<'py>, module: &str) -> PyResult<Bound<'py, PyAny>> {
+    let name = PyString::new(py, module);
+    // SAFETY: name is a live str and we hold the GIL; GetModule returns a new reference or
+    // NULL (with or without an exception set).
+    let cached = unsafe { pyo3::ffi::PyImport_GetModule(name.as_ptr()) };
+    if !cached.is_null() {
+        // SAFETY: a non-null new reference from PyImport_GetModule.
+        return Ok(unsafe { Bound::from_owned_ptr(py, cached) });
+    }
+    if let Some(err) = PyErr::take(py) {
+        return Err(err);
+    }
+    // SAFETY: as above; PyImport_Import returns a new reference or NULL with an exception.
+    let imported = unsafe { pyo3::ffi::PyImport_Import(name.as_ptr()) };
+    if imported.is_null() {
+        return Err(PyErr::fetch(py));
+    }
+    // SAFETY: a non-null new reference.
+    Ok(unsafe { Bound::from_owned_ptr(py, imported) })
+}
+
+fn kwargs_dict<'py>(py: Python<'py>, pairs: &[(String, Value)]) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    for (k, v) in pairs {
+        if dict.contains(k)? {
+            return Err(PyTypeError::new_err(format!("keyword argument '{k}' given twice")));
+        }
+        dict.set_item(k, to_python(py, v)?)?;
+    }
+    Ok(dict)
+}

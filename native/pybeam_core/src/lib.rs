@@ -1,0 +1,24 @@
+//! pybeam's core: everything that runs without the BEAM, so that `cargo test` covers it.
+//!
+//! - `interpreter`: the one embedded CPython, initialised once and never finalised.
+//! - `value`: the owned term type that crosses threads.
+//! - `convert`: `Value` <-> Python objects.
+//! - `jobs`: what a request asks for and how it runs.
+//! - `mailbox`: the bounded queue that wakes its consumer on empty -> non-empty.
+//! - `loop_thread`: one loop's thread: batches under one GIL hold, delivery through a `Host`.
+//! - `interrupt`: raising `CallTimeout` in code whose caller gave up.
+//! - `pymodule`: `_pybeam`, the native half of the Python `erlang` package.
+
+pub mod convert;
+pub mod interpreter;
+pub mod interrupt;
+pub mod jobs;
+pub mod loop_thread;
+pub mod mailbox;
+pub mod pyerror;
+pub mod pymodule;
+pub mod value;
+
+pub use jobs::{CallError, Job, Outcome};
+pub use loop_thread::{Completion, Host, Loop, LoopConfig, LoopStats, Request, SubmitError};
+pub use value::{Bytes, SharedBytes, Value, MAX_DEPTH};

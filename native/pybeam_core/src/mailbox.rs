@@ -1,0 +1,135 @@
+//! A bounded multi-producer queue whose one consumer thread parks when idle.
+//!
+//! Producers wake the consumer only on the empty -> non-empty transition: when a batch is
+//! already waiting, the consumer is awake or about to drain it, and another `unpark` would
+//! only cost an atomic swap (or a futex syscall if it raced with parking).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::thread::Thread;
+
+use crossbeam_queue::ArrayQueue;
+
+pub struct Mailbox<T> {
+    queue: ArrayQueue<T>,
+    /// Items pushed and not yet taken. The consumer parks only when this is zero, so a push
+    /// that sees a non-zero count can skip the wake-up safely.
+    queued: AtomicUsize,
+    consumer: OnceLock<Thread>,
+}
+
+impl<T> Mailbox<T> {
+    pub fn new(capacity: usize) -> Self {
+        Mailbox {
+            queue: ArrayQueue::new(capacity.max(1)),
+            queued: AtomicUsize::new(0),
+            consumer: OnceLock::new(),
+        }
+    }
+
+    /// Names the thread to wake. Items pushed before this are still seen: the consumer
+    /// checks the count before it first parks.
+    pub fn set_consumer(&self, thread: Thread) {
+        let _ = self.consumer.set(thread);
+    }
+
+    /// Queues an item, or hands it back when the queue is full.
+    pub fn push(&self, item: T) -> Result<(), T> {
+        self.queue.push(item)?;
+        if self.queued.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.wake();
+        }
+        Ok(())
+    }
+
+    /// Wakes the consumer whatever the count (used to ask it to stop).
+    pub fn wake(&self) {
+        if let Some(t) = self.consumer.get() {
+            t.unpark();
+        }
+    }
+
+    /// Moves up to `max` items into `out`; returns how many.
+    pub fn take(&self, max: usize, out: &mut Vec<T>) -> usize {
+        let mut n = 0;
+        while n < max {
+            match self.queue.pop() {
+                Some(item) => {
+                    out.push(item);
+                    n += 1;
+                }
+                None => break,
+            }
+        }
+        if n > 0 {
+            self.queued.fetch_sub(n, Ordering::SeqCst);
+        }
+        n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queued.load(Ordering::SeqCst) == 0
+    }
+
+    pub fn len(&self) -> usize {
+        self.queued.load(Ordering::SeqCst)
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.queue.capacity()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[test]
+    fn bounded_and_fifo() {
+        let m = Mailbox::new(2);
+        assert!(m.push(1).is_ok());
+        assert!(m.push(2).is_ok());
+        assert_eq!(m.push(3), Err(3));
+        let mut out = vec![];
+        assert_eq!(m.take(10, &mut out), 2);
+        assert_eq!(out, vec![1, 2]);
+        assert!(m.is_empty());
+    }
+
+    #[test]
+    fn take_respects_max() {
+        let m = Mailbox::new(10);
+        for i in 0..5 {
+            m.push(i).unwrap();
+        }
+        let mut out = vec![];
+        assert_eq!(m.take(3, &mut out), 3);
+        assert_eq!(m.len(), 2);
+    }
+
+    #[test]
+    fn parked_consumer_is_woken_by_first_push() {
+        let m = Arc::new(Mailbox::new(16));
+        let consumer_box = m.clone();
+        let consumer = std::thread::spawn(move || {
+            let mut got = vec![];
+            while got.len() < 100 {
+                if consumer_box.is_empty() {
+                    std::thread::park_timeout(Duration::from_secs(5));
+                }
+                consumer_box.take(8, &mut got);
+            }
+            got
+        });
+        m.set_consumer(consumer.thread().clone());
+        for i in 0..100 {
+            while m.push(i).is_err() {
+                std::thread::yield_now();
+            }
+        }
+        let got = consumer.join().unwrap();
+        assert_eq!(got, (0..100).collect::<Vec<_>>());
+    }
+}

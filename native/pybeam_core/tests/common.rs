@@ -1,0 +1,22 @@
+//! Shared set-up for the integration tests: one interpreter per test binary.
+use std::sync::Once;
+
+use pybeam_core::interpreter::{initialize, InterpreterConfig};
+
+static INIT: Once = Once::new();
+
+pub fn python() {
+    INIT.call_once(|| {
+        initialize(&InterpreterConfig::default()).expect("interpreter starts");
+    });
+}
+
+/// Runs `f` on a thread with a loop thread's stack size (conversions recurse to MAX_DEPTH).
+pub fn on_loop_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::Builder::new()
+        .stack_size(16 << 20)
+        .spawn(f)
+        .expect("spawn")
+        .join()
+        .expect("test thread panicked")
+}

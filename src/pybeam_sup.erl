@@ -1,0 +1,23 @@
+%% @doc Top supervisor: one child per default loop (its event process, which owns the
+%% native loop and its thread). A dead event process is restarted with a fresh loop.
+-module(pybeam_sup).
+-behaviour(supervisor).
+
+-export([start_link/0, init/1]).
+
+-spec start_link() -> {ok, pid()} | ignore | {error, term()}.
+start_link() ->
+    supervisor:start_link({local, ?MODULE}, ?MODULE, []).
+
+-spec init([]) -> {ok, {supervisor:sup_flags(), [supervisor:child_spec()]}}.
+init([]) ->
+    N = max(1, application:get_env(pybeam, num_loops, 1)),
+    py_loops:init(N),
+    Loops = [#{id => {default_loop, I},
+               start => {py_event_proc, start_link, [#{default_index => I}]},
+               restart => permanent,
+               shutdown => 5000,
+               type => worker,
+               modules => [py_event_proc]}
+             || I <- lists:seq(1, N)],
+    {ok, {#{strategy => one_for_one, intensity => 10, period => 10}, Loops}}.
