@@ -52,10 +52,12 @@ call(Module, Function, Args, Kwargs) ->
 %% other term as a sharding key.
 -spec call(name(), name(), list(), map(), call_opts()) -> {ok, term()} | {error, error()}.
 call(Module, Function, Args, Kwargs, Opts) ->
-    Argv = [Module, Function, Args, Kwargs, Opts],
-    Checked = check_all([{name, module, Module}, {name, function, Function},
-                         {list, args, Args}, {map, kwargs, Kwargs}]),
-    raise_or(Checked, Argv, fun() -> request({call, Module, Function, Args, Kwargs}, Opts) end).
+    Checks = [{name, module, Module}, {name, function, Function},
+              {list, args, Args}, {map, kwargs, Kwargs}],
+    case checked(Checks, fun() -> request({call, Module, Function, Args, Kwargs}, Opts) end) of
+        {badarg, Cause} -> ?BADARG(Cause, [Module, Function, Args, Kwargs, Opts]);
+        Result -> Result
+    end.
 
 %% @equiv eval(Code, #{})
 -spec eval(code()) -> {ok, term()} | {error, error()}.
@@ -66,36 +68,31 @@ eval(Code) ->
 %% atom or binary keys) as extra local names.
 -spec eval(code(), map()) -> {ok, term()} | {error, error()}.
 eval(Code, Locals) ->
-    Checked = check_all([{code, code, Code}, {map, locals, Locals}]),
-    raise_or(Checked, [Code, Locals], fun() -> request({eval, Code, Locals}, #{}) end).
+    case checked([{code, code, Code}, {map, locals, Locals}],
+                 fun() -> request({eval, Code, Locals}, #{}) end) of
+        {badarg, Cause} -> ?BADARG(Cause, [Code, Locals]);
+        Result -> Result
+    end.
 
 %% @doc Executes Python statements in the loop's globals (shared by later `exec' and
 %% `eval' calls on the same loop).
 -spec exec(code()) -> ok | {error, error()}.
 exec(Code) ->
-    Run = fun() ->
-                  case request({exec, Code}, #{}) of
-                      {ok, _} -> ok;
-                      Other -> Other
-                  end
-          end,
-    raise_or(check_all([{code, code, Code}]), [Code], Run).
+    case checked([{code, code, Code}], fun() -> request({exec, Code}, #{}) end) of
+        {badarg, Cause} -> ?BADARG(Cause, [Code]);
+        {ok, _} -> ok;
+        Error -> Error
+    end.
 
-raise_or(ok, Argv, Run) ->
-    case Run() of
-        {badarg, Cause} -> ?BADARG(Cause, Argv);
-        Result -> Result
-    end;
-raise_or({badarg, Cause}, Argv, _Run) ->
-    ?BADARG(Cause, Argv).
-
-check_all([{Kind, What, Value} | Rest]) ->
+%% Runs `Run' if every argument has the right shape; a malformed argument (found here or
+%% by the NIF) comes back as `{badarg, Cause}' for the API function to raise.
+checked([{Kind, What, Value} | Rest], Run) ->
     case check(Kind, Value) of
-        true -> check_all(Rest);
+        true -> checked(Rest, Run);
         false -> {badarg, {What, Value}}
     end;
-check_all([]) ->
-    ok.
+checked([], Run) ->
+    Run().
 
 check(name, V) -> is_atom(V) orelse is_binary(V);
 check(list, V) -> is_list(V);
@@ -188,10 +185,11 @@ sub_timeout(infinity, _) -> infinity;
 sub_timeout(A, B) -> A - B.
 
 %% @private Readable reasons for `badarg', shown by `erl_error' and the shell.
--spec format_error(term(), erlang:stacktrace()) -> #{general => string()}.
+%% Binaries, not chardata: Elixir's ErlangError requires them.
+-spec format_error(term(), erlang:stacktrace()) -> #{general => binary()}.
 format_error(badarg, [{_M, _F, _Args, Info} | _]) ->
     Cause = maps:get(cause, proplists:get_value(error_info, Info, #{}), undefined),
-    #{general => describe(Cause)};
+    #{general => unicode:characters_to_binary(describe(Cause))};
 format_error(_, _) ->
     #{}.
 
@@ -204,5 +202,5 @@ describe({code, V}) -> io_lib:format("code must be a binary or an iolist, got: ~
 describe({opts, V}) -> io_lib:format("options must be a map or a proplist, got: ~0tP", [V, 10]);
 describe({timeout, V}) ->
     io_lib:format("timeout must be a non-negative integer or infinity, got: ~0tP", [V, 10]);
-describe(Reason) when is_binary(Reason) -> binary_to_list(Reason);
+describe(Reason) when is_binary(Reason) -> Reason;
 describe(Other) -> io_lib:format("~0tP", [Other, 10]).

@@ -10,7 +10,7 @@
 %% the loop passes through it; it still answers `sys' messages and `gen:call' requests.
 -module(py_event_proc).
 
--export([start_link/1, start/1, info/1, stop/1]).
+-export([start_link/1, start/1, handle/1, info/1, stop/1]).
 -export([init/3]).
 -export([system_continue/3, system_terminate/4, system_code_change/4, system_get_state/1]).
 
@@ -34,6 +34,11 @@ start_link(Opts) ->
 -spec start(opts()) -> {ok, pid()} | {error, term()}.
 start(Opts) ->
     proc_lib:start(?MODULE, init, [self(), Opts, unlinked]).
+
+%% @doc The `{Loop, EventProc}' handle that `py:call/5' accepts as its `loop' option.
+-spec handle(pid()) -> py_loops:handle() | {error, {event_loop_down, term()}}.
+handle(EventProc) ->
+    gen_call(EventProc, handle).
 
 %% @doc Counters of the loop: requests queued and running on its thread, completed
 %% requests, batches, and this process's mailbox length.
@@ -82,6 +87,11 @@ loop(S) ->
         {'$py_replies', Replies} ->
             route(Replies),
             loop(S);
+        {'$py_replies_collect', Replies} ->
+            %% Large binaries passed through: drop our references to them now.
+            route(Replies),
+            erlang:garbage_collect(),
+            loop(S);
         {'$py_event', From, Request} ->
             handle_request(Request, From, S);
         {'$py_loop_exit', Why} ->
@@ -105,6 +115,9 @@ handle_request(info, From, S) ->
     Stats = py_nif:loop_stats(S#state.loop),
     gen:reply(From, Stats#{mailbox => Len,
                           pending => maps:get(queued, Stats) + maps:get(running, Stats)}),
+    loop(S);
+handle_request(handle, From, S) ->
+    gen:reply(From, {S#state.loop, self()}),
     loop(S);
 handle_request(stop, From, S) ->
     gen:reply(From, ok),

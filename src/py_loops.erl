@@ -4,7 +4,7 @@
 %% (re)starts.
 -module(py_loops).
 
--export([init/1, register_default/3, pick/1, default_loops/0, fnv1a/1]).
+-export([init/1, clear/0, register_default/3, pick/1, default_loops/0, fnv1a/1]).
 
 -define(KEY, {pybeam, default_loops}).
 
@@ -15,6 +15,12 @@
 -spec init(pos_integer()) -> ok.
 init(N) ->
     persistent_term:put(?KEY, erlang:make_tuple(N, undefined)).
+
+%% @doc Forgets the default loops (the application stopped): calls answer `not_started'.
+-spec clear() -> ok.
+clear() ->
+    _ = persistent_term:erase(?KEY),
+    ok.
 
 %% @doc Records the loop at `Index' (1-based); called by its event process on start.
 -spec register_default(pos_integer(), py_nif:loop(), pid()) -> ok.

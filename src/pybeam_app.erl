@@ -16,7 +16,7 @@ start(_Type, _Args) ->
 
 -spec stop(term()) -> ok.
 stop(_State) ->
-    ok.
+    py_loops:clear().
 
 %% @doc The interpreter settings taken from the application environment.
 -spec interpreter_config() -> #{python_path := [binary()], venv := binary() | undefined,

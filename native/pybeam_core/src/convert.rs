@@ -212,21 +212,32 @@ fn int_value(obj: &Bound<'_, PyAny>) -> Result<Value, ToValueError> {
 
 /// A Python object kept alive so that its buffer can be read after the GIL is released.
 /// The buffer of `bytes` and the cached UTF-8 form of `str` are immutable while it lives.
+/// Only buffers of at least SHARE_THRESHOLD bytes are wrapped, so the GIL taken to drop
+/// one is paid once per large result.
 struct PyBuffer {
-    _owner: Py<PyAny>,
+    owner: Option<Py<PyAny>>,
     ptr: *const u8,
     len: usize,
 }
 
-// SAFETY: the buffer is immutable and owned by `_owner`, which keeps it alive; dropping a `Py`
-// without the GIL is deferred by pyo3 to the next time a thread attaches.
+impl Drop for PyBuffer {
+    /// Releases the owner under the GIL. Dropped without it, pyo3 would defer the decref
+    /// until some thread next attaches, keeping a large buffer alive for an unknown time.
+    fn drop(&mut self) {
+        if let Some(owner) = self.owner.take() {
+            Python::attach(move |_py| drop(owner));
+        }
+    }
+}
+
+// SAFETY: the buffer is immutable and owned by `owner`, which keeps it alive until drop.
 unsafe impl Send for PyBuffer {}
 // SAFETY: as above; the bytes are only ever read.
 unsafe impl Sync for PyBuffer {}
 
 impl SharedBytes for PyBuffer {
     fn as_slice(&self) -> &[u8] {
-        // SAFETY: ptr/len describe the immutable buffer owned by `_owner` (see the type docs).
+        // SAFETY: ptr/len describe the immutable buffer owned by `owner` (see the type docs).
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 }
@@ -239,7 +250,7 @@ fn bytes_value(bytes: &Bound<'_, PyBytes>) -> Bytes {
     Bytes::Shared(Arc::new(PyBuffer {
         ptr: slice.as_ptr(),
         len: slice.len(),
-        _owner: bytes.clone().into_any().unbind(),
+        owner: Some(bytes.clone().into_any().unbind()),
     }))
 }
 
@@ -260,7 +271,7 @@ fn str_bytes(s: &Bound<'_, PyString>) -> PyResult<Bytes> {
     Ok(Bytes::Shared(Arc::new(PyBuffer {
         ptr: ptr as *const u8,
         len,
-        _owner: s.clone().into_any().unbind(),
+        owner: Some(s.clone().into_any().unbind()),
     })))
 }
 

@@ -24,15 +24,18 @@ impl PythonError {
             .str()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "<unprintable exception>".into());
-        let traceback = format_traceback(py, value).unwrap_or_default();
+        let traceback = format_traceback(py, err).unwrap_or_default();
         PythonError { type_name, message, traceback }
     }
 }
 
-fn format_traceback(py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<String> {
+/// Python 3.11 keeps a fetched traceback beside the exception rather than on
+/// `__traceback__`, so it is taken from the error itself.
+fn format_traceback(py: Python<'_>, err: &PyErr) -> PyResult<String> {
+    let value = err.value(py);
     let format = FORMAT_EXCEPTION.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
         Ok(py.import("traceback")?.getattr("format_exception")?.unbind())
     })?;
-    let lines = format.bind(py).call1((value.get_type(), value, value.getattr("__traceback__")?))?;
+    let lines = format.bind(py).call1((value.get_type(), value, err.traceback(py)))?;
     Ok(lines.extract::<Vec<String>>()?.concat())
 }

@@ -27,6 +27,7 @@ rustler::atoms! {
     normal,
     crash,
     py_replies = "$py_replies",
+    py_replies_collect = "$py_replies_collect",
     py_loop_exit = "$py_loop_exit",
     queued,
     running,

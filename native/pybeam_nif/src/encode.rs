@@ -1,5 +1,6 @@
 //! Owned `Value`s and outcomes -> Erlang terms, built in a message env on the loop thread.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use rustler::types::tuple::make_tuple;
@@ -91,7 +92,22 @@ fn map<'a>(env: Env<'a>, pairs: &[(Value, Value)]) -> Term<'a> {
     m
 }
 
+/// Binaries this large make a router process hold memory until it garbage-collects.
+pub const LARGE_BINARY: usize = 64 * 1024;
+
+thread_local! {
+    static LARGE_BYTES: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Bytes of large binaries encoded on this thread since the last call; resets the count.
+pub fn take_large_bytes() -> usize {
+    LARGE_BYTES.with(|c| c.replace(0))
+}
+
 pub fn binary<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
+    if bytes.len() >= LARGE_BINARY {
+        LARGE_BYTES.with(|c| c.set(c.get() + bytes.len()));
+    }
     let mut bin = NewBinary::new(env, bytes.len());
     bin.as_mut_slice().copy_from_slice(bytes);
     bin.into()

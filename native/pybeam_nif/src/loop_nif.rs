@@ -3,6 +3,8 @@
 //! Results leave the loop thread as one message per batch to the loop's event process:
 //! `{'$py_replies', [{Alias, Result}]}`. The event process forwards each `{Alias, Result}` to
 //! the alias, so a caller that timed out (alias deactivated) never receives a late result.
+//! A batch that carries large binaries is tagged `'$py_replies_collect'`: the event process
+//! garbage-collects after routing it, or it would keep those binaries alive while idle.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +43,7 @@ impl Host for NifHost {
         // A send fails only if the event process is gone; its callers were told by their
         // monitors, so the results are simply dropped.
         let _ = env.send_and_clear(&self.event_proc, |env| {
+            encode::take_large_bytes();
             let replies: Vec<Term> = done
                 .drain(..)
                 .map(|c| {
@@ -49,7 +52,12 @@ impl Host for NifHost {
                     make_pair(env, alias, encode::outcome(env, &c.outcome))
                 })
                 .collect();
-            (atoms::py_replies(), replies).encode(env)
+            let tag = if encode::take_large_bytes() > 0 {
+                atoms::py_replies_collect()
+            } else {
+                atoms::py_replies()
+            };
+            (tag, replies).encode(env)
         });
     }
 

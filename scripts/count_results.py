@@ -1,0 +1,66 @@
+"""Sums the pass/fail counts that each test runner printed; prints `N passed, N failed`.
+
+Exit status is non-zero if anything failed. A runner that exited non-zero without
+reporting a failure, or reported nothing at all, counts as one failure.
+"""
+from __future__ import annotations
+
+import pathlib
+import re
+import sys
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def counts(runner: str, text: str) -> tuple[int, int] | None:
+    """(passed, failed) as reported by one runner, or None if it reported nothing."""
+    if runner == "cargo":
+        found = re.findall(r"test result: \w+\. (\d+) passed; (\d+) failed", text)
+        if not found:
+            return None
+        return sum(int(p) for p, _ in found), sum(int(f) for _, f in found)
+    if runner == "ct":
+        if m := re.search(r"All (\d+) tests passed", text):
+            passed, failed = int(m[1]), 0
+        elif m := re.search(r"Failed (\d+) tests?\. Passed (\d+) tests?", text):
+            passed, failed = int(m[2]), int(m[1])
+        else:
+            return None
+        # A skipped test is a defect here, not a pass.
+        if m := re.search(r"Skipped (\d+)", text):
+            failed += int(m[1])
+        return passed, failed
+    # EUnit and ExUnit both end with "N tests, M failures".
+    found = re.findall(r"(\d+) tests?, (\d+) failures?", text)
+    if not found:
+        if runner == "eunit" and "There were no tests to run" in text:
+            return 0, 0
+        return None
+    total, failed = (int(x) for x in found[-1])
+    return total - failed, failed
+
+
+def main(log_dir: str) -> int:
+    passed = failed = 0
+    for log in sorted(pathlib.Path(log_dir).glob("*.log")):
+        runner = log.stem
+        text = ANSI.sub("", log.read_text(errors="replace"))
+        exit_file = log.with_suffix(".exit")
+        code = int(exit_file.read_text().strip() or 1) if exit_file.exists() else 0
+        result = counts(runner, text)
+        if result is None:
+            print(f"{runner}: reported no results (exit {code}); counted as 1 failure")
+            result = (0, 1)
+        p, f = result
+        if code != 0 and f == 0:
+            print(f"{runner}: exited {code} without a reported failure; counted as 1 failure")
+            f = 1
+        print(f"{runner}: {p} passed, {f} failed")
+        passed += p
+        failed += f
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else ".test-logs"))
