@@ -128,11 +128,13 @@ handle_request(_Unknown, From, S) ->
 
 %% The loop thread ended without being asked to (this process closes the loop only on its
 %% way out): it goes down with it, so that callers and the supervisor learn of it.
+-spec loop_exited(normal | {crash, binary()}, #state{}) -> no_return().
 loop_exited(normal, S) ->
     terminate(loop_thread_stopped, S);
 loop_exited({crash, Msg}, S) ->
     terminate({loop_thread_crashed, Msg}, S).
 
+-spec terminate(term(), #state{}) -> no_return().
 terminate(Reason, S) ->
     py_nif:loop_close(S#state.loop),
     exit(Reason).

@@ -1,5 +1,8 @@
 //! What a request asks the loop thread to do, and how it is done under the GIL.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
@@ -38,24 +41,42 @@ pub enum CallError {
 
 pub type Outcome = Result<Value, CallError>;
 
-/// Per-loop Python state: the globals that `eval`/`exec` share on this loop.
+/// Per-loop Python state: the globals that `eval`/`exec` share on this loop, and the
+/// Python strings for names already seen.
 pub struct Executor {
     globals: Py<PyDict>,
+    names: RefCell<HashMap<String, Py<PyString>>>,
 }
+
+/// Names cached per loop; past this the cache starts over rather than grow without bound.
+const NAME_CACHE_LIMIT: usize = 4096;
 
 impl Executor {
     pub fn new(py: Python<'_>) -> PyResult<Executor> {
         let globals = PyDict::new(py);
         globals.set_item("__builtins__", py.import("builtins")?)?;
         globals.set_item("__name__", "__pybeam__")?;
-        Ok(Executor { globals: globals.unbind() })
+        Ok(Executor { globals: globals.unbind(), names: RefCell::new(HashMap::new()) })
+    }
+
+    /// The interned Python string for a module or attribute name. Creating it per call
+    /// (allocation, UTF-8 decoding, hashing on dict lookup) cost more than the lookup here.
+    fn name<'py>(&self, py: Python<'py>, name: &str) -> Bound<'py, PyString> {
+        let mut names = self.names.borrow_mut();
+        if let Some(s) = names.get(name) {
+            return s.bind(py).clone();
+        }
+        if names.len() >= NAME_CACHE_LIMIT {
+            names.clear();
+        }
+        let s = PyString::intern(py, name);
+        names.insert(name.to_owned(), s.clone().unbind());
+        s
     }
 
     pub fn run(&self, py: Python<'_>, job: Job) -> Outcome {
         let result = match job {
-            Job::Call { module, function, args, kwargs } => {
-                call(py, &module, &function, &args, &kwargs)
-            }
+            Job::Call { module, function, args, kwargs } => self.call(py, &module, &function, &args, &kwargs),
             Job::Eval { code, locals } => self.eval(py, &code, &locals),
             Job::Exec { code } => self.exec(py, &code).map(|_| py.None().into_bound(py)),
         };
@@ -107,19 +128,32 @@ pub fn python_error(py: Python<'_>, err: &PyErr) -> CallError {
     CallError::Python(PythonError::from_pyerr(py, err))
 }
 
-/// Finds `module` (already imported ones straight from `sys.modules`) and calls
-/// `function` on it.
-pub fn call<'py>(
+impl Executor {
+    /// Finds `module` (already imported ones straight from `sys.modules`) and calls
+    /// `function` on it.
+    pub fn call<'py>(
+        &self,
+        py: Python<'py>,
+        module: &str,
+        function: &str,
+        args: &[Value],
+        kwargs: &[(String, Value)],
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let mut target = import(py, &self.name(py, module))?;
+        for part in function.split('.') {
+            target = target.getattr(self.name(py, part))?;
+        }
+        call_with(py, &target, args, kwargs)
+    }
+}
+
+/// Calls `target(*args, **kwargs)`.
+pub fn call_with<'py>(
     py: Python<'py>,
-    module: &str,
-    function: &str,
+    target: &Bound<'py, PyAny>,
     args: &[Value],
     kwargs: &[(String, Value)],
 ) -> PyResult<Bound<'py, PyAny>> {
-    let mut target = import(py, module)?;
-    for part in function.split('.') {
-        target = target.getattr(PyString::new(py, part))?;
-    }
     let args = PyTuple::new(py, args.iter().map(|v| to_python(py, v)).collect::<PyResult<Vec<_>>>()?)?;
     if kwargs.is_empty() {
         target.call1(args)
@@ -128,8 +162,7 @@ pub fn call<'py>(
     }
 }
 
-pub fn import<'py>(py: Python<'py>, module: &str) -> PyResult<Bound<'py, PyAny>> {
-    let name = PyString::new(py, module);
+pub fn import<'py>(py: Python<'py>, name: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyAny>> {
     // SAFETY: name is a live str and we hold the GIL; GetModule returns a new reference or
     // NULL (with or without an exception set).
     let cached = unsafe { pyo3::ffi::PyImport_GetModule(name.as_ptr()) };

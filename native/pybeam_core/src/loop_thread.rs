@@ -283,12 +283,16 @@ impl<H: Host> Loop<H> {
 
     fn idle(&self) {
         let until = Instant::now() + self.config.spin;
-        while Instant::now() < until {
-            if !self.requests.is_empty() || self.closing.load(Ordering::Acquire) {
-                return;
-            }
-            for _ in 0..32 {
+        loop {
+            // Reading the clock costs about 90 ns on these VMs: poll the queue in between.
+            for _ in 0..64 {
+                if !self.requests.is_empty() || self.closing.load(Ordering::Acquire) {
+                    return;
+                }
                 std::hint::spin_loop();
+            }
+            if Instant::now() >= until {
+                break;
             }
         }
         if self.requests.is_empty() && !self.closing.load(Ordering::Acquire) {

@@ -1,0 +1,9 @@
+#!/bin/sh
+# `make bench`: compiles the benchmark modules and runs them on the built application.
+# Benchmarks, not tests: they print a table and write bench/results/latest.json.
+set -eu
+out=_build/bench
+mkdir -p "$out" bench/results
+erlc -o "$out" bench/*.erl
+exec erl -noshell -pa _build/default/lib/pybeam/ebin "$out" \
+    -run pybeam_bench main bench/results/latest.json
