@@ -5,13 +5,13 @@
 -export([priv_dir/0]).
 -export([init_python/1, python_info/0,
          loop_new/2, submit/4, submit_dirty/4, cancel/2, loop_close/1, loop_stats/1,
-         noop/0, noop_dirty/0]).
+         reaper_pending/0, noop/0, noop_dirty/0]).
 
 -on_load(load/0).
 
 -nifs([init_python/1, python_info/0,
        loop_new/2, submit/4, submit_dirty/4, cancel/2, loop_close/1, loop_stats/1,
-       noop/0, noop_dirty/0]).
+       reaper_pending/0, noop/0, noop_dirty/0]).
 
 -type loop() :: reference().
 -export_type([loop/0]).
@@ -60,6 +60,10 @@ loop_close(_Loop) -> ?NOT_LOADED.
                               completed := non_neg_integer(), batches := non_neg_integer(),
                               skipped := non_neg_integer(), closed := boolean()}.
 loop_stats(_Loop) -> ?NOT_LOADED.
+
+%% @doc Large Python results released by Erlang and not yet freed under the GIL.
+-spec reaper_pending() -> non_neg_integer().
+reaper_pending() -> ?NOT_LOADED.
 
 -spec noop() -> ok.
 noop() -> ?NOT_LOADED.

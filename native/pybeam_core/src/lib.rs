@@ -8,6 +8,7 @@
 //! - `loop_thread`: one loop's thread: batches under one GIL hold, delivery through a `Host`.
 //! - `interrupt`: raising `CallTimeout` in code whose caller gave up.
 //! - `pymodule`: `_pybeam`, the native half of the Python `erlang` package.
+//! - `reaper`: releasing Python-owned buffers that Erlang no longer references.
 
 pub mod convert;
 pub mod interpreter;
@@ -17,6 +18,7 @@ pub mod loop_thread;
 pub mod mailbox;
 pub mod pyerror;
 pub mod pymodule;
+pub mod reaper;
 pub mod value;
 
 pub use jobs::{CallError, Job, Outcome};

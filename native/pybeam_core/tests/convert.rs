@@ -163,3 +163,30 @@ fn depth_checks() {
     }
     Python::attach(|py| assert!(to_python(py, &deep).is_err()));
 }
+
+#[test]
+fn retired_python_buffers_are_released_under_the_gil() {
+    common::python();
+    let (value, weak_count) = Python::attach(|py| {
+        let code = c"__import__('sys').getrefcount";
+        let getrefcount = py.eval(code, None, None).unwrap().unbind();
+        let obj = py.eval(c"bytes(range(256)) * 1024", None, None).unwrap();
+        let before: isize = getrefcount.bind(py).call1((&obj,)).unwrap().extract().unwrap();
+        let value = from_python(&obj).unwrap();
+        let held: isize = getrefcount.bind(py).call1((&obj,)).unwrap().extract().unwrap();
+        assert_eq!(held, before + 1, "the shared buffer holds one reference");
+        (value, (obj.unbind(), getrefcount, before))
+    });
+    // Dropped from a thread that does not hold the GIL, through the reaper.
+    pybeam_core::reaper::retire(Box::new(value));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while pybeam_core::reaper::pending() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(pybeam_core::reaper::pending(), 0);
+    let (obj, getrefcount, before) = weak_count;
+    Python::attach(|py| {
+        let now: isize = getrefcount.bind(py).call1((obj.bind(py),)).unwrap().extract().unwrap();
+        assert_eq!(now, before, "the reference was released");
+    });
+}

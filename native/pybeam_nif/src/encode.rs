@@ -7,9 +7,10 @@ use rustler::types::tuple::make_tuple;
 use rustler::{Atom, Encoder, Env, NewBinary, Term};
 
 use pybeam_core::value::bigint_to_etf;
-use pybeam_core::{CallError, Outcome, Value};
+use pybeam_core::{Bytes, CallError, Outcome, Value};
 
 use crate::atoms;
+use crate::shared_binary;
 
 /// Which atom Python's `None` becomes: 0 `none`, 1 `undefined`, 2 `nil`.
 static NONE_AS: AtomicU8 = AtomicU8::new(0);
@@ -63,7 +64,7 @@ pub fn value<'a>(env: Env<'a>, v: &Value) -> Term<'a> {
         Value::Bool(b) => b.encode(env),
         Value::None => none_atom().encode(env),
         Value::Atom(name) => existing_atom(env, name).unwrap_or_else(|| binary(env, name.as_bytes())),
-        Value::Binary(b) | Value::Bytes(b) => binary(env, b.as_slice()),
+        Value::Binary(b) | Value::Bytes(b) => bytes(env, b),
         Value::List(items) => items.iter().map(|i| value(env, i)).collect::<Vec<_>>().encode(env),
         Value::Tuple(items) => {
             let terms: Vec<Term<'a>> = items.iter().map(|i| value(env, i)).collect();
@@ -104,10 +105,26 @@ pub fn take_large_bytes() -> usize {
     LARGE_BYTES.with(|c| c.replace(0))
 }
 
-pub fn binary<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
-    if bytes.len() >= LARGE_BINARY {
-        LARGE_BYTES.with(|c| c.set(c.get() + bytes.len()));
+/// A buffer shared with its producer becomes a resource binary (no copy); an owned one is
+/// copied into a new binary.
+fn bytes<'a>(env: Env<'a>, b: &Bytes) -> Term<'a> {
+    match b {
+        Bytes::Shared(shared) => {
+            note_large(shared.as_slice().len());
+            shared_binary::make(env, shared)
+        }
+        Bytes::Owned(v) => binary(env, v),
     }
+}
+
+fn note_large(len: usize) {
+    if len >= LARGE_BINARY {
+        LARGE_BYTES.with(|c| c.set(c.get() + len));
+    }
+}
+
+pub fn binary<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
+    note_large(bytes.len());
     let mut bin = NewBinary::new(env, bytes.len());
     bin.as_mut_slice().copy_from_slice(bytes);
     bin.into()

@@ -7,6 +7,7 @@ mod encode;
 mod kept_env;
 mod loop_nif;
 mod runtime_nif;
+mod shared_binary;
 
 use rustler::{Env, Term};
 

@@ -74,6 +74,12 @@ fn python_info<'a>(env: Env<'a>) -> Term<'a> {
     Term::map_from_term_arrays(env, &keys, &values).unwrap_or_else(|_| atoms::error().encode(env))
 }
 
+/// Python objects handed to the reaper and not yet released (tests check it drains).
+#[rustler::nif]
+fn reaper_pending() -> usize {
+    pybeam_core::reaper::pending()
+}
+
 /// Baseline for benchmarks: the cost of a plain NIF call.
 #[rustler::nif]
 fn noop() -> Atom {
