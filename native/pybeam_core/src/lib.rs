@@ -1,6 +1,7 @@
 //! pybeam's core: everything that runs without the BEAM, so that `cargo test` covers it.
 //!
 //! - `interpreter`: the one embedded CPython, initialised once and never finalised.
+//! - `child`: child processes that can be reaped although the BEAM ignores SIGCHLD.
 //! - `value`: the owned term type that crosses threads.
 //! - `convert`: `Value` <-> Python objects.
 //! - `jobs`: what a request asks for and how it runs.
@@ -10,6 +11,7 @@
 //! - `pymodule`: `_pybeam`, the native half of the Python `erlang` package.
 //! - `reaper`: releasing Python-owned buffers that Erlang no longer references.
 
+pub mod child;
 pub mod convert;
 pub mod interpreter;
 pub mod interrupt;

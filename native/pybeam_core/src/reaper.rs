@@ -1,17 +1,16 @@
-//! Releasing Python-owned memory from threads that must not wait for the GIL.
+//! Dropping things whose drop may block, away from the BEAM's schedulers.
 //!
 //! Large Python results reach Erlang as resource binaries that point into the Python
-//! object. When Erlang drops the last reference, the resource's destructor runs on a
-//! scheduler, which must never block on the GIL; it hands the object to this thread,
-//! which releases it under the GIL at once.
+//! object; when Erlang drops the last reference, the destructor runs on a scheduler, which
+//! must never wait for the GIL. Children of a destroyed loop must be killed and collected,
+//! which waits for them. Both are handed to this thread. Items that need the GIL take it in
+//! their own `Drop` (see `convert::PyBuffer`); the reaper holds it for none of them.
 
 use std::any::Any;
 use std::sync::OnceLock;
 use std::thread::Thread;
 
 use crossbeam_queue::SegQueue;
-use pyo3::Python;
-
 use crate::interpreter::ThreadAttachment;
 
 type Retired = Box<dyn Any + Send>;
@@ -36,23 +35,19 @@ fn reaper() -> Option<&'static Reaper> {
 }
 
 fn reap() {
+    // Keeps a Python thread state, so that items taking the GIL in their drop only swap it.
     let _attachment = ThreadAttachment::new();
     loop {
         std::thread::park();
         // The reaper may run before REAPER is set: park again until it is.
         let Some(Some(r)) = REAPER.get() else { continue };
-        if r.queue.is_empty() {
-            continue;
+        while let Some(item) = r.queue.pop() {
+            drop(item);
         }
-        Python::attach(|_py| {
-            while let Some(item) = r.queue.pop() {
-                drop(item);
-            }
-        });
     }
 }
 
-/// Drops `item` on the reaper thread, under the GIL. Never blocks the caller.
+/// Drops `item` on the reaper thread. Never blocks the caller.
 pub fn retire(item: Retired) {
     match reaper() {
         Some(r) => {

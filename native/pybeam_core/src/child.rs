@@ -1,0 +1,408 @@
+//! Child processes whose exit status survives the BEAM's ignored SIGCHLD.
+//!
+//! With SIGCHLD ignored, the kernel reaps a child the moment it exits, and `waitpid`
+//! answers ECHILD: the exit status is lost. (Measured here: this holds even for children
+//! created with an exit signal of 0.) So every child is created with a pidfd
+//! (`clone3(CLONE_PIDFD)`), which becomes readable when the child exits (the event process
+//! watches it like any fd), and its status is read with `waitid(P_PIDFD)` where SIGCHLD is
+//! not ignored, or else from the pidfd itself: `PIDFD_GET_INFO` with `PIDFD_INFO_EXIT`
+//! keeps the status of a reaped child (Linux 6.15 or newer). On older kernels the status
+//! of an auto-reaped child is unknowable and is reported as exit code 255, as asyncio's
+//! own child watcher does for a child it could not wait for.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// What one of the child's standard streams is connected to.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Stdio {
+    /// A new pipe; the parent gets the other end (non-blocking, close-on-exec).
+    Pipe,
+    /// The parent's own stream.
+    Inherit,
+    /// /dev/null.
+    Null,
+    /// Only for stderr: the same as stdout.
+    ToStdout,
+    /// An fd the caller owns; it stays open in the parent.
+    Fd(RawFd),
+}
+
+#[derive(Clone, Debug)]
+pub struct SpawnSpec {
+    /// argv[0] is looked up in PATH when it has no slash.
+    pub argv: Vec<CString>,
+    /// None keeps the parent's environment.
+    pub env: Option<Vec<CString>>,
+    pub cwd: Option<CString>,
+    pub stdin: Stdio,
+    pub stdout: Stdio,
+    pub stderr: Stdio,
+    /// Put the child in a new session (and process group), as `start_new_session`.
+    pub new_session: bool,
+}
+
+#[derive(Debug)]
+pub struct Child {
+    pub pid: i32,
+    pub pidfd: OwnedFd,
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+/// How a child ended: its exit code, or the signal that killed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    Exited(i32),
+    Signaled(i32),
+}
+
+impl ExitStatus {
+    /// The asyncio/subprocess convention: the code, or minus the signal number.
+    pub fn returncode(self) -> i32 {
+        match self {
+            ExitStatus::Exited(code) => code,
+            ExitStatus::Signaled(sig) => -sig,
+        }
+    }
+}
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: fds is a valid two-int buffer.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: pipe2 returned two fresh fds that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on an fd with plain integer arguments.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    // SAFETY: as above.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
+    Ok(())
+}
+
+/// Finds `name` in PATH (from `env` if given, else the parent's), like execvp.
+fn resolve(name: &CStr, env: Option<&[CString]>) -> io::Result<CString> {
+    let bytes = name.to_bytes();
+    if bytes.contains(&b'/') {
+        return Ok(name.to_owned());
+    }
+    let path = env
+        .and_then(|e| e.iter().find_map(|kv| kv.to_bytes().strip_prefix(b"PATH=").map(<[u8]>::to_vec)))
+        .or_else(|| std::env::var_os("PATH").map(|p| std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()).to_vec()))
+        .unwrap_or_else(|| b"/usr/local/bin:/usr/bin:/bin".to_vec());
+    for dir in path.split(|b| *b == b':') {
+        let dir = if dir.is_empty() { &b"."[..] } else { dir };
+        let mut candidate = dir.to_vec();
+        candidate.push(b'/');
+        candidate.extend_from_slice(bytes);
+        let Ok(c) = CString::new(candidate) else { continue };
+        // SAFETY: c is a valid C string.
+        if unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0 {
+            return Ok(c);
+        }
+    }
+    Err(io::Error::from_raw_os_error(libc::ENOENT))
+}
+
+/// The child's end of a stream, prepared before the clone.
+enum ChildEnd {
+    Keep,
+    Dup(RawFd),
+}
+
+/// Starts a child. Everything that allocates happens here, before the clone: between the
+/// clone and exec the child calls only async-signal-safe functions.
+pub fn spawn(spec: &SpawnSpec) -> io::Result<Child> {
+    let argv0 = spec.argv.first().ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let program = resolve(argv0, spec.env.as_deref())?;
+    let mut argv: Vec<*const libc::c_char> = spec.argv.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let env_ptrs: Option<Vec<*const libc::c_char>> = spec.env.as_ref().map(|e| {
+        let mut v: Vec<_> = e.iter().map(|kv| kv.as_ptr()).collect();
+        v.push(std::ptr::null());
+        v
+    });
+    let envp: *const *const libc::c_char = match &env_ptrs {
+        Some(v) => v.as_ptr(),
+        // SAFETY: reading the process environment pointer; the child replaces its image
+        // right after, so no concurrent setenv can matter to it.
+        None => unsafe { environ as *const *const libc::c_char },
+    };
+
+    let devnull = match [spec.stdin, spec.stdout, spec.stderr].contains(&Stdio::Null) {
+        true => {
+            // SAFETY: opening a path with constant flags.
+            let fd = cvt(unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) })?;
+            // SAFETY: a fresh fd we own.
+            Some(unsafe { OwnedFd::from_raw_fd(fd) })
+        }
+        false => None,
+    };
+    let mut parent_ends: [Option<OwnedFd>; 3] = [None, None, None];
+    let mut child_pipe_ends: Vec<OwnedFd> = Vec::new();
+    let mut child_ends: [ChildEnd; 3] = [ChildEnd::Keep, ChildEnd::Keep, ChildEnd::Keep];
+    for (i, how) in [spec.stdin, spec.stdout, spec.stderr].into_iter().enumerate() {
+        child_ends[i] = match how {
+            Stdio::Inherit => ChildEnd::Keep,
+            Stdio::Null => ChildEnd::Dup(devnull.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1)),
+            Stdio::Fd(fd) => ChildEnd::Dup(fd),
+            Stdio::ToStdout if i == 2 => ChildEnd::Dup(1),
+            Stdio::ToStdout => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+            Stdio::Pipe => {
+                let (r, w) = pipe()?;
+                let (parent, child) = if i == 0 { (w, r) } else { (r, w) };
+                set_nonblocking(parent.as_raw_fd())?;
+                let raw = child.as_raw_fd();
+                child_pipe_ends.push(child);
+                parent_ends[i] = Some(parent);
+                ChildEnd::Dup(raw)
+            }
+        };
+    }
+    // Reports a failed exec: the child writes errno here; a clean exec closes it (CLOEXEC).
+    let (err_r, err_w) = pipe()?;
+
+    let mut pidfd: libc::c_int = -1;
+    // SAFETY: zeroed clone_args is a valid "no options" value that we then fill in.
+    let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
+    args.flags = libc::CLONE_PIDFD as u64;
+    args.pidfd = &mut pidfd as *mut libc::c_int as u64;
+    args.exit_signal = libc::SIGCHLD as u64;
+    // SAFETY: clone3 with a valid, fully initialised clone_args of the stated size.
+    let pid = unsafe {
+        libc::syscall(libc::SYS_clone3, &mut args as *mut libc::clone_args, std::mem::size_of::<libc::clone_args>())
+    };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: we are the child of clone3; exec_child only makes async-signal-safe calls
+        // on data prepared above and never returns.
+        unsafe { exec_child(&program, &argv, envp, spec, &child_ends, err_w.as_raw_fd()) }
+    }
+    drop(err_w);
+    drop(child_pipe_ends);
+    // SAFETY: clone3 stored a fresh pidfd for the child.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    let mut errno = [0u8; 4];
+    // SAFETY: reading up to 4 bytes into a 4-byte buffer.
+    let n = unsafe { libc::read(err_r.as_raw_fd(), errno.as_mut_ptr().cast(), 4) };
+    if n == 4 {
+        // exec failed: collect the child, which has already exited.
+        let _ = wait(&pidfd, true);
+        return Err(io::Error::from_raw_os_error(i32::from_ne_bytes(errno)));
+    }
+    let [stdin, stdout, stderr] = parent_ends;
+    Ok(Child { pid: pid as i32, pidfd, stdin, stdout, stderr })
+}
+
+extern "C" {
+    static environ: *const *const libc::c_char;
+}
+
+/// The kernel's `struct sigaction` for `rt_sigaction` (x86-64 and aarch64 layout).
+#[repr(C)]
+#[derive(Default)]
+struct KernelSigaction {
+    handler: libc::sighandler_t,
+    flags: libc::c_ulong,
+    restorer: libc::sighandler_t,
+    mask: u64,
+}
+
+/// The child between clone and exec: dup the streams into place, reset what the BEAM
+/// changed (ignored signals and the signal mask are inherited across exec), exec.
+unsafe fn exec_child(
+    program: &CStr,
+    argv: &[*const libc::c_char],
+    envp: *const *const libc::c_char,
+    spec: &SpawnSpec,
+    ends: &[ChildEnd; 3],
+    err_w: RawFd,
+) -> ! {
+    let fail = |err_w: RawFd| -> ! {
+        let errno = *libc::__errno_location();
+        let bytes = errno.to_ne_bytes();
+        libc::write(err_w, bytes.as_ptr().cast(), 4);
+        libc::_exit(127)
+    };
+    for (target, end) in ends.iter().enumerate() {
+        if let ChildEnd::Dup(fd) = end {
+            if *fd < 0 {
+                fail(err_w);
+            }
+            if *fd == target as RawFd {
+                // Already in place: just make it survive exec.
+                let flags = libc::fcntl(*fd, libc::F_GETFD);
+                libc::fcntl(*fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            } else if libc::dup2(*fd, target as RawFd) < 0 {
+                fail(err_w);
+            }
+        }
+    }
+    if let Some(cwd) = &spec.cwd {
+        if libc::chdir(cwd.as_ptr()) < 0 {
+            fail(err_w);
+        }
+    }
+    if spec.new_session && libc::setsid() < 0 {
+        fail(err_w);
+    }
+    // Every ignored signal back to its default (glibc's signal() refuses its reserved 32
+    // and 33, hence the raw syscall); handled signals are reset by exec itself.
+    for sig in 1..=64 {
+        let mut old = KernelSigaction::default();
+        let got = libc::syscall(libc::SYS_rt_sigaction, sig, std::ptr::null::<KernelSigaction>(), &mut old, 8);
+        if got == 0 && old.handler == libc::SIG_IGN {
+            let dfl = KernelSigaction { handler: libc::SIG_DFL, ..KernelSigaction::default() };
+            libc::syscall(libc::SYS_rt_sigaction, sig, &dfl, std::ptr::null_mut::<KernelSigaction>(), 8);
+        }
+    }
+    let mut empty: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut empty);
+    libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    libc::execve(program.as_ptr(), argv.as_ptr(), envp);
+    fail(err_w)
+}
+
+/// The child's exit status; `None` if it has not exited yet and `nohang` is set.
+pub fn wait(pidfd: &OwnedFd, nohang: bool) -> io::Result<Option<ExitStatus>> {
+    match waitid(pidfd, nohang) {
+        Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {}
+        other => return other,
+    }
+    // Auto-reaped (SIGCHLD ignored): the pidfd tells whether it exited, and how.
+    loop {
+        if !exited(pidfd, if nohang { 0 } else { -1 })? {
+            return Ok(None);
+        }
+        // The pidfd turns readable at exit, a moment before the kernel records the status
+        // at reaping: retry briefly.
+        for _ in 0..1000 {
+            match exit_info(pidfd) {
+                Ok(Some(status)) => return Ok(Some(status)),
+                Ok(None) => std::thread::yield_now(),
+                // ENOTTY/EINVAL: a kernel before 6.15 cannot tell.
+                Err(_) => return Ok(Some(ExitStatus::Exited(255))),
+            }
+        }
+        return Ok(Some(ExitStatus::Exited(255)));
+    }
+}
+
+fn waitid(pidfd: &OwnedFd, nohang: bool) -> io::Result<Option<ExitStatus>> {
+    // SAFETY: zeroed siginfo_t is a valid out-buffer.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED | libc::__WALL | if nohang { libc::WNOHANG } else { 0 };
+    loop {
+        // SAFETY: waitid on our pidfd with a valid siginfo buffer.
+        let r = unsafe { libc::waitid(libc::P_PIDFD, pidfd.as_raw_fd() as libc::id_t, &mut info, flags) };
+        if r == 0 {
+            break;
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            return Err(err);
+        }
+    }
+    // SAFETY: siginfo fields filled in by a successful waitid.
+    let (pid, code, status) = unsafe { (info.si_pid(), info.si_code, info.si_status()) };
+    if pid == 0 {
+        return Ok(None);
+    }
+    Ok(Some(match code {
+        libc::CLD_EXITED => ExitStatus::Exited(status),
+        _ => ExitStatus::Signaled(status),
+    }))
+}
+
+/// Whether the pidfd is readable (the child exited), waiting up to `timeout_ms` (-1: forever).
+fn exited(pidfd: &OwnedFd, timeout_ms: libc::c_int) -> io::Result<bool> {
+    let mut pfd = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    loop {
+        // SAFETY: polling one valid pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        if r >= 0 {
+            return Ok(r == 1);
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            return Err(err);
+        }
+    }
+}
+
+/// `struct pidfd_info` (linux/pidfd.h), first version: 64 bytes.
+#[repr(C)]
+#[derive(Default)]
+struct PidfdInfo {
+    mask: u64,
+    cgroupid: u64,
+    ids: [u32; 11],
+    exit_code: i32,
+}
+
+const PIDFD_INFO_EXIT: u64 = 1 << 3;
+/// `_IOWR(0xFF, 11, struct pidfd_info)` for the 64-byte version.
+const PIDFD_GET_INFO: libc::c_ulong = (3 << 30) | (64 << 16) | (0xFF << 8) | 11;
+
+/// The exit status the kernel kept for a reaped child; `None` if not (yet) recorded.
+fn exit_info(pidfd: &OwnedFd) -> io::Result<Option<ExitStatus>> {
+    let mut info = PidfdInfo { mask: PIDFD_INFO_EXIT, ..PidfdInfo::default() };
+    // SAFETY: PIDFD_GET_INFO fills a struct of the size encoded in the request.
+    let r = unsafe { libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_INFO, &mut info as *mut PidfdInfo) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if info.mask & PIDFD_INFO_EXIT == 0 {
+        return Ok(None);
+    }
+    let raw = info.exit_code;
+    Ok(Some(if libc::WIFSIGNALED(raw) {
+        ExitStatus::Signaled(libc::WTERMSIG(raw))
+    } else {
+        ExitStatus::Exited(libc::WEXITSTATUS(raw))
+    }))
+}
+
+/// Sends `signal` through the pidfd, so it cannot hit a recycled pid.
+pub fn send_signal(pidfd: &OwnedFd, signal: i32) -> io::Result<()> {
+    // SAFETY: pidfd_send_signal with a valid pidfd and no siginfo.
+    let r = unsafe {
+        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), signal, std::ptr::null::<libc::siginfo_t>(), 0)
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Kills and collects a child nobody will wait for, so that it does not outlive its loop
+/// (or stay a zombie where SIGCHLD is not ignored). Blocks until the child is gone: run it
+/// off the schedulers (on the reaper thread).
+pub struct KillOnDrop(pub Option<OwnedFd>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pidfd) = self.0.take() {
+            if let Ok(None) = wait(&pidfd, true) {
+                let _ = send_signal(&pidfd, libc::SIGKILL);
+                let _ = wait(&pidfd, false);
+            }
+        }
+    }
+}
