@@ -1,25 +1,52 @@
 %% @doc The event process: one per loop, and the loop's only router.
 %%
 %% It owns the native loop (its Rust thread is torn down when this process dies) and
-%% routes every result the thread sends. Sync results arrive as one message per batch,
-%% `{'$py_replies', [{Alias, Result}]}', and each is forwarded to `Alias'. The alias is
-%% the caller's monitor of this process, so a caller that timed out (and demonitored)
-%% never receives a late result, and nothing is stored here per call.
+%% everything that produces events for the loop:
+%%
+%% - results the loop thread sends, one message per batch: `{'$py_replies', Replies}'.
+%%   A reply to a caller's alias is forwarded as `{Alias, Result}' (a caller that timed out
+%%   deactivated its alias, so a late result never reaches it); a reply addressed to the
+%%   event queue becomes a `call_result' or `call_error' event;
+%% - timers (coalesced per millisecond, see `py_timer_set');
+%% - fd readiness (`enif_select' messages come straight here, see `py_ep_fds');
+%% - child processes (`py_ep_children') and sockets (`py_ep_sockets');
+%% - the waiters blocked in `py_event_loop_v2:poll/2'.
+%%
+%% Events queue in arrival order until a poller takes them all at once.
 %%
 %% This is a hand-written receive loop rather than a gen_server because every result of
-%% the loop passes through it; it still answers `sys' messages and `gen:call' requests.
+%% the loop passes through it; it answers `sys' messages and `gen:call' requests all the
+%% same. See docs/event-loop.md for the protocol.
 -module(py_event_proc).
 
--export([start_link/1, start/1, handle/1, info/1, stop/1]).
+-export([start_link/1, start/1, call/2, handle/1, info/1, stop/1]).
 -export([init/3]).
 -export([system_continue/3, system_terminate/4, system_code_change/4, system_get_state/1]).
 
+-record(waiter, {from :: {pid(), term()}, mon :: reference(), timer :: reference() | infinity}).
+
 -record(state, {
     loop :: py_nif:loop(),
-    parent :: pid() | undefined
+    parent :: pid() | undefined,
+    owner_mon :: reference() | undefined,
+    events = queue:new() :: queue:queue(tuple()),
+    count = 0 :: non_neg_integer(),
+    waiters = [] :: [#waiter{}],
+    timers = py_timer_set:new() :: py_timer_set:t(),
+    %% timers that fired and whose event is queued, so that a late cancel can drop it
+    fired = #{} :: #{reference() => term()},
+    fds = py_ep_fds:new() :: py_ep_fds:t(),
+    %% fd directions whose event is queued, and those delivered: re-armed when a poller
+    %% comes back for more (it has acted on the readiness by then)
+    fd_events = [] :: [{integer(), read | write}],
+    fd_delivered = [] :: [{integer(), read | write}],
+    children = py_ep_children:new() :: py_ep_children:t(),
+    sockets = py_ep_sockets:new() :: py_ep_sockets:t(),
+    serial = 0 :: non_neg_integer()
 }).
 
 -type opts() :: #{default_index => pos_integer(),
+                  owner => pid(),
                   max_batch => pos_integer(),
                   capacity => pos_integer(),
                   spin_us => non_neg_integer()}.
@@ -35,28 +62,34 @@ start_link(Opts) ->
 start(Opts) ->
     proc_lib:start(?MODULE, init, [self(), Opts, unlinked]).
 
-%% @doc The `{Loop, EventProc}' handle that `py:call/5' accepts as its `loop' option.
--spec handle(pid()) -> py_loops:handle() | {error, {event_loop_down, term()}}.
-handle(EventProc) ->
-    gen_call(EventProc, handle).
-
-%% @doc Counters of the loop: requests queued and running on its thread, completed
-%% requests, batches, and this process's mailbox length.
--spec info(pid()) -> map() | {error, {event_loop_down, term()}}.
-info(EventProc) ->
-    gen_call(EventProc, info).
-
-%% @doc Stops the event process; its loop thread finishes its batch and exits.
--spec stop(pid()) -> ok | {error, {event_loop_down, term()}}.
-stop(EventProc) ->
-    gen_call(EventProc, stop).
-
-gen_call(EventProc, Request) ->
-    try gen:call(EventProc, '$py_event', Request, 5000) of
+%% @doc A synchronous request (see `handle_request/3'). A dead event process answers
+%% `{error, loop_destroyed}' if it was gone before the call, or
+%% `{error, {event_loop_down, Reason}}' if it died during it.
+-spec call(pid(), term()) -> term().
+call(EventProc, Request) ->
+    try gen:call(EventProc, '$py_event', Request, infinity) of
         {ok, Reply} -> Reply
     catch
-        exit:{Reason, _} -> {error, {event_loop_down, Reason}}
+        exit:noproc -> {error, loop_destroyed};
+        exit:normal -> {error, loop_destroyed};
+        exit:Reason -> {error, {event_loop_down, Reason}}
     end.
+
+%% @doc The `{Loop, EventProc}' handle that `py:call/5' accepts as its `loop' option.
+-spec handle(pid()) -> py_loops:handle() | {error, term()}.
+handle(EventProc) ->
+    call(EventProc, handle).
+
+%% @doc Counters: requests queued and running on the loop thread, completed requests,
+%% batches, and here: queued events, waiters, timers, fds, children, sockets, mailbox.
+-spec info(pid()) -> map() | {error, term()}.
+info(EventProc) ->
+    call(EventProc, info).
+
+%% @doc Stops the event process; its loop thread finishes its batch and exits.
+-spec stop(pid()) -> ok | {error, term()}.
+stop(EventProc) ->
+    call(EventProc, stop).
 
 %% @private
 -spec init(pid(), opts(), linked | unlinked) -> no_return().
@@ -67,16 +100,20 @@ init(Starter, Opts, Link) ->
                             capacity => application:get_env(pybeam, queue_capacity, 20000),
                             spin_us => application:get_env(pybeam, spin_us, 50),
                             index => maps:get(default_index, Opts, 0)},
-                          maps:without([default_index], Opts)),
+                          maps:with([max_batch, capacity, spin_us], Opts)),
     case py_nif:loop_new(self(), LoopOpts) of
         {ok, Loop} ->
             case Opts of
                 #{default_index := I} -> py_loops:register_default(I, Loop, self());
                 _ -> ok
             end,
+            OwnerMon = case Opts of
+                           #{owner := Owner} -> erlang:monitor(process, Owner);
+                           _ -> undefined
+                       end,
             Parent = case Link of linked -> Starter; unlinked -> undefined end,
             proc_lib:init_ack(Starter, {ok, self()}),
-            loop(#state{loop = Loop, parent = Parent});
+            loop(#state{loop = Loop, parent = Parent, owner_mon = OwnerMon});
         {error, Reason} ->
             proc_lib:init_ack(Starter, {error, Reason}),
             exit(normal)
@@ -85,57 +122,295 @@ init(Starter, Opts, Link) ->
 loop(S) ->
     receive
         {'$py_replies', Replies} ->
-            route(Replies),
-            loop(S);
+            next(route(Replies, S));
         {'$py_replies_collect', Replies} ->
+            S1 = route(Replies, S),
             %% Large binaries passed through: drop our references to them now.
-            route(Replies),
             erlang:garbage_collect(),
-            loop(S);
+            next(S1);
+        {'$py_start_timer', TRef, Deadline, Id} ->
+            next(start_timer(TRef, Deadline, Id, S));
+        {timeout, _, {'$py_tick', Deadline}} ->
+            next(tick(Deadline, S));
+        {'$py_fd', Fd, Dir, Serial} ->
+            next(fd_ready(Fd, Dir, Serial, S));
+        {'$py_child', Id, Stream} ->
+            {Events, Children} = py_ep_children:ready(Id, Stream, S#state.children),
+            next(enqueue_all(Events, S#state{children = Children}));
+        {'$py_cancel_timer', TRef} ->
+            next(cancel_timer(TRef, S));
         {'$py_event', From, Request} ->
             handle_request(Request, From, S);
+        {timeout, _, {'$py_poll_timeout', Mon}} ->
+            next(poll_timeout(Mon, S));
+        {'DOWN', Mon, process, _, _} when Mon =:= S#state.owner_mon ->
+            shutdown(normal, S);
+        {'DOWN', Mon, process, _, _} ->
+            next(forget_waiter(Mon, S));
         {'$py_loop_exit', Why} ->
             loop_exited(Why, S);
         {system, From, Msg} ->
             sys:handle_system_msg(Msg, From, S#state.parent, ?MODULE, [], S);
         {'EXIT', Parent, Reason} when Parent =:= S#state.parent ->
-            terminate(Reason, S);
-        _Unexpected ->
-            loop(S)
+            shutdown(Reason, S);
+        Other ->
+            case py_ep_sockets:handle(Other, S#state.sockets) of
+                {Events, Sockets} -> next(enqueue_all(Events, S#state{sockets = Sockets}));
+                not_socket -> loop(S)
+            end
     end.
 
-route([{To, Result} | Rest]) ->
-    To ! {To, Result},
-    route(Rest);
-route([]) ->
-    ok.
-
-handle_request(info, From, S) ->
-    {message_queue_len, Len} = process_info(self(), message_queue_len),
-    Stats = py_nif:loop_stats(S#state.loop),
-    gen:reply(From, Stats#{mailbox => Len,
-                          pending => maps:get(queued, Stats) + maps:get(running, Stats)}),
+%% After each message: hand the queued events to the first waiter, if any.
+next(#state{count = 0} = S) ->
     loop(S);
+next(#state{waiters = []} = S) ->
+    loop(S);
+next(S) ->
+    loop(deliver(S)).
+
+%%% Replies and call results
+
+route([{To, Result} | Rest], S) when is_reference(To) ->
+    To ! {To, Result},
+    route(Rest, S);
+route([{{'$py_event', Id}, Result} | Rest], S) ->
+    Event = case Result of
+                {ok, Value} -> {Id, call_result, Value};
+                {error, Reason} -> {Id, call_error, Reason}
+            end,
+    route(Rest, enqueue(Event, S));
+route([], S) ->
+    S.
+
+%%% Timers
+
+start_timer(TRef, 0, Id, S) ->
+    fire(TRef, Id, S);
+start_timer(TRef, Deadline, Id, #state{timers = Timers} = S) ->
+    case py_timer_set:add(TRef, Id, Deadline, Timers) of
+        {ok, Timers1} ->
+            S#state{timers = Timers1};
+        {new_tick, Timers1} ->
+            ErlRef = erlang:start_timer(Deadline, self(), {'$py_tick', Deadline}, [{abs, true}]),
+            S#state{timers = py_timer_set:set_tick_timer(Deadline, ErlRef, Timers1)}
+    end.
+
+tick(Deadline, #state{timers = Timers} = S) ->
+    {Due, Timers1} = py_timer_set:take_tick(Deadline, Timers),
+    lists:foldl(fun({TRef, Id}, Acc) -> fire(TRef, Id, Acc) end, S#state{timers = Timers1}, Due).
+
+fire(TRef, Id, #state{fired = Fired} = S) ->
+    enqueue({Id, timer}, S#state{fired = Fired#{TRef => Id}}).
+
+cancel_timer(TRef, #state{timers = Timers, fired = Fired} = S) ->
+    case py_timer_set:cancel(TRef, Timers) of
+        {cancelled, none, Timers1} ->
+            S#state{timers = Timers1};
+        {cancelled, ErlRef, Timers1} ->
+            _ = erlang:cancel_timer(ErlRef, [{async, true}, {info, false}]),
+            S#state{timers = Timers1};
+        {not_found, _} ->
+            %% Fired already: if its event is still queued, it must not be delivered.
+            case maps:take(TRef, Fired) of
+                {Id, Fired1} -> drop_event({Id, timer}, S#state{fired = Fired1});
+                error -> S
+            end
+    end.
+
+%%% Fds
+
+fd_ready(Fd, Dir, Serial, #state{fds = Fds} = S) ->
+    case py_ep_fds:ready(Fd, Dir, Serial, Fds) of
+        {event, Event, Fds1} ->
+            enqueue(Event, S#state{fds = Fds1, fd_events = [{Fd, Dir} | S#state.fd_events]});
+        {stale, Fds1} ->
+            S#state{fds = Fds1}
+    end.
+
+%%% The event queue and its waiters
+
+enqueue(Event, #state{events = Q, count = N} = S) ->
+    S#state{events = queue:in(Event, Q), count = N + 1}.
+
+enqueue_all(Events, S) ->
+    lists:foldl(fun enqueue/2, S, Events).
+
+%% Removes the first queued occurrence of `Event'.
+drop_event(Event, #state{events = Q, count = N} = S) ->
+    case lists:splitwith(fun(E) -> E =/= Event end, queue:to_list(Q)) of
+        {Before, [_ | After]} -> S#state{events = queue:from_list(Before ++ After), count = N - 1};
+        {_, []} -> S
+    end.
+
+%% Takes every queued event. Their fds are re-armed at the next poll: re-armed now, an fd
+%% the poller has not read yet would only report the same readiness again.
+take_events(S) ->
+    {queue:to_list(S#state.events),
+     S#state{events = queue:new(), count = 0, fired = #{}, fd_events = [],
+             fd_delivered = S#state.fd_events ++ S#state.fd_delivered}}.
+
+rearm_delivered(#state{fd_delivered = []} = S) ->
+    S;
+rearm_delivered(#state{fd_delivered = Delivered, fds = Fds} = S) ->
+    S#state{fds = py_ep_fds:rearm(lists:reverse(Delivered), Fds), fd_delivered = []}.
+
+deliver(#state{waiters = [W | Rest]} = S) ->
+    #waiter{from = {Pid, _} = From, mon = Mon, timer = Timer} = W,
+    erlang:demonitor(Mon, [flush]),
+    cancel_poll_timer(Timer),
+    %% A waiter that just died would take the events with it; it is skipped instead.
+    case is_process_alive(Pid) of
+        true ->
+            {Events, S1} = take_events(S#state{waiters = Rest}),
+            gen:reply(From, Events),
+            S1;
+        false when Rest =:= [] ->
+            S#state{waiters = []};
+        false ->
+            deliver(S#state{waiters = Rest})
+    end.
+
+poll(From, Timeout, S) ->
+    case S of
+        #state{count = N} when N > 0 ->
+            {Events, S1} = take_events(S),
+            gen:reply(From, Events),
+            loop(S1);
+        #state{} when Timeout =:= 0 ->
+            gen:reply(From, []),
+            loop(S);
+        #state{waiters = Ws} ->
+            loop(S#state{waiters = Ws ++ [waiter(From, Timeout)]})
+    end.
+
+waiter({Pid, _} = From, Timeout) ->
+    Mon = erlang:monitor(process, Pid),
+    Timer = case Timeout of
+                infinity -> infinity;
+                _ -> erlang:start_timer(Timeout, self(), {'$py_poll_timeout', Mon})
+            end,
+    #waiter{from = From, mon = Mon, timer = Timer}.
+
+poll_timeout(Mon, #state{waiters = Ws} = S) ->
+    case lists:keytake(Mon, #waiter.mon, Ws) of
+        {value, #waiter{from = From}, Rest} ->
+            erlang:demonitor(Mon, [flush]),
+            gen:reply(From, []),
+            S#state{waiters = Rest};
+        false ->
+            S
+    end.
+
+forget_waiter(Mon, #state{waiters = Ws} = S) ->
+    case lists:keytake(Mon, #waiter.mon, Ws) of
+        {value, #waiter{timer = Timer}, Rest} ->
+            cancel_poll_timer(Timer),
+            S#state{waiters = Rest};
+        false ->
+            S
+    end.
+
+cancel_poll_timer(infinity) -> ok;
+cancel_poll_timer(Ref) -> _ = erlang:cancel_timer(Ref, [{async, true}, {info, false}]), ok.
+
+%%% Requests (gen:call)
+
+handle_request({poll, Timeout}, From, S) ->
+    poll(From, Timeout, rearm_delivered(S));
+handle_request({add_fd, Fd, Dir, Id}, From, #state{fds = Fds, serial = Serial} = S) ->
+    case py_ep_fds:add(Fd, Dir, Id, Serial + 1, Fds) of
+        {ok, Fds1} ->
+            gen:reply(From, ok),
+            loop(S#state{fds = Fds1, serial = Serial + 1});
+        {error, _} = Error ->
+            gen:reply(From, Error),
+            loop(S)
+    end;
+handle_request({remove_fd, Fd, Dir}, From, #state{fds = Fds} = S) ->
+    case py_ep_fds:remove(Fd, Dir, Fds) of
+        {ok, Id, Pending, Fds1} ->
+            gen:reply(From, ok),
+            S1 = S#state{fds = Fds1, fd_events = lists:delete({Fd, Dir}, S#state.fd_events),
+                         fd_delivered = lists:delete({Fd, Dir}, S#state.fd_delivered)},
+            loop(case Pending of
+                     true -> drop_event({Id, Dir}, S1);
+                     false -> S1
+                 end);
+        {error, _} = Error ->
+            gen:reply(From, Error),
+            loop(S)
+    end;
+handle_request({spawn, Id, Argv, Opts}, From, #state{children = Children} = S) ->
+    case py_ep_children:spawn(Id, Argv, Opts, Children) of
+        {ok, OsPid, Children1} ->
+            gen:reply(From, {ok, OsPid}),
+            loop(S#state{children = Children1});
+        Error ->
+            gen:reply(From, Error),
+            loop(S)
+    end;
+handle_request({kill, Id, Signal}, From, S) ->
+    gen:reply(From, py_ep_children:kill(Id, Signal, S#state.children)),
+    loop(S);
+handle_request({watch_socket, Socket, Id}, From, #state{sockets = Sockets} = S) ->
+    case py_ep_sockets:watch(Socket, Id, Sockets) of
+        {ok, Events, Sockets1} ->
+            gen:reply(From, ok),
+            next(enqueue_all(Events, S#state{sockets = Sockets1}));
+        {error, _} = Error ->
+            gen:reply(From, Error),
+            loop(S)
+    end;
 handle_request(handle, From, S) ->
     gen:reply(From, {S#state.loop, self()}),
     loop(S);
+handle_request(info, From, S) ->
+    gen:reply(From, counters(S)),
+    loop(S);
+handle_request({destroy, Loop}, From, #state{loop = Loop} = S) ->
+    gen:reply(From, ok),
+    shutdown(normal, S);
+handle_request({destroy, _OtherLoop}, From, S) ->
+    gen:reply(From, {badarg, not_this_loop}),
+    loop(S);
 handle_request(stop, From, S) ->
     gen:reply(From, ok),
-    terminate(normal, S);
+    shutdown(normal, S);
 handle_request(_Unknown, From, S) ->
     gen:reply(From, {error, unknown_request}),
     loop(S).
+
+counters(S) ->
+    {message_queue_len, Len} = process_info(self(), message_queue_len),
+    Stats = py_nif:loop_stats(S#state.loop),
+    Stats#{mailbox => Len,
+           pending => maps:get(queued, Stats) + maps:get(running, Stats),
+           events => S#state.count,
+           waiters => length(S#state.waiters),
+           timers => py_timer_set:size(S#state.timers),
+           fds => py_ep_fds:size(S#state.fds),
+           children => py_ep_children:size(S#state.children),
+           sockets => py_ep_sockets:size(S#state.sockets)}.
+
+%%% Teardown
 
 %% The loop thread ended without being asked to (this process closes the loop only on its
 %% way out): it goes down with it, so that callers and the supervisor learn of it.
 -spec loop_exited(normal | {crash, binary()}, #state{}) -> no_return().
 loop_exited(normal, S) ->
-    terminate(loop_thread_stopped, S);
+    shutdown(loop_thread_stopped, S);
 loop_exited({crash, Msg}, S) ->
-    terminate({loop_thread_crashed, Msg}, S).
+    shutdown({loop_thread_crashed, Msg}, S).
 
--spec terminate(term(), #state{}) -> no_return().
-terminate(Reason, S) ->
+%% Waiters get `[]'; watched fds are released without closing the caller's; children are
+%% killed (and collected off the schedulers); handed-over sockets are closed; the loop
+%% thread is asked to stop.
+-spec shutdown(term(), #state{}) -> no_return().
+shutdown(Reason, S) ->
+    [gen:reply(From, []) || #waiter{from = From} <- S#state.waiters],
+    py_ep_fds:stop_all(S#state.fds),
+    py_ep_children:stop_all(S#state.children),
+    py_ep_sockets:close_all(S#state.sockets),
     py_nif:loop_close(S#state.loop),
     exit(Reason).
 
@@ -147,7 +422,7 @@ system_continue(_Parent, _Debug, S) ->
 %% @private
 -spec system_terminate(term(), pid() | undefined, [sys:dbg_opt()], #state{}) -> no_return().
 system_terminate(Reason, _Parent, _Debug, S) ->
-    terminate(Reason, S).
+    shutdown(Reason, S).
 
 %% @private
 -spec system_code_change(#state{}, module(), term(), term()) -> {ok, #state{}}.

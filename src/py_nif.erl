@@ -6,15 +6,21 @@
 -export([init_python/1, python_info/0,
          loop_new/2, submit/4, submit_dirty/4, cancel/2, loop_close/1, loop_stats/1,
          reaper_pending/0, noop/0, noop_dirty/0]).
+-export([fd_watch/1, fd_select/3, fd_cancel/2, fd_stop/1, fd_read/2, fd_write/2,
+         spawn_child/2, child_wait/1, child_kill/2]).
 
 -on_load(load/0).
 
 -nifs([init_python/1, python_info/0,
        loop_new/2, submit/4, submit_dirty/4, cancel/2, loop_close/1, loop_stats/1,
-       reaper_pending/0, noop/0, noop_dirty/0]).
+       reaper_pending/0, noop/0, noop_dirty/0,
+       fd_watch/1, fd_select/3, fd_cancel/2, fd_stop/1, fd_read/2, fd_write/2,
+       spawn_child/2, child_wait/1, child_kill/2]).
 
 -type loop() :: reference().
--export_type([loop/0]).
+%% An fd under enif_select: a caller's fd (never closed here), a pipe of ours, or a pidfd.
+-type watch() :: reference().
+-export_type([loop/0, watch/0]).
 
 load() ->
     erlang:load_nif(filename:join(priv_dir(), "py_nif"), 0).
@@ -42,12 +48,13 @@ python_info() -> ?NOT_LOADED.
 -spec loop_new(pid(), map()) -> {ok, loop()} | {error, term()}.
 loop_new(_EventProc, _Opts) -> ?NOT_LOADED.
 
--spec submit(loop(), pos_integer(), reference(), tuple()) ->
-    ok | dirty | {error, term()} | {badarg, string()}.
+%% `ReplyTo' is the caller's alias, or `{'$py_event', Id}' for the loop's event queue.
+-spec submit(loop(), pos_integer(), reference() | {'$py_event', pos_integer()}, tuple()) ->
+    ok | dirty | {error, term()} | {badarg, binary()}.
 submit(_Loop, _Id, _Alias, _Job) -> ?NOT_LOADED.
 
--spec submit_dirty(loop(), pos_integer(), reference(), tuple()) ->
-    ok | {error, term()} | {badarg, string()}.
+-spec submit_dirty(loop(), pos_integer(), reference() | {'$py_event', pos_integer()}, tuple()) ->
+    ok | {error, term()} | {badarg, binary()}.
 submit_dirty(_Loop, _Id, _Alias, _Job) -> ?NOT_LOADED.
 
 -spec cancel(loop(), pos_integer()) -> ok.
@@ -70,3 +77,42 @@ noop() -> ?NOT_LOADED.
 
 -spec noop_dirty() -> ok.
 noop_dirty() -> ?NOT_LOADED.
+
+%% @doc A watch on a caller's fd (validated: it must be open, and watched by no one else).
+-spec fd_watch(integer()) -> {ok, watch()} | {error, badfd | already_registered}.
+fd_watch(_Fd) -> ?NOT_LOADED.
+
+%% @doc One-shot readiness: `Msg' is sent to the calling process when the fd is ready.
+-spec fd_select(watch(), read | write, term()) -> ok | {error, badfd}.
+fd_select(_Watch, _Dir, _Msg) -> ?NOT_LOADED.
+
+%% @doc Drops a pending one-shot readiness.
+-spec fd_cancel(watch(), read | write) -> ok.
+fd_cancel(_Watch, _Dir) -> ?NOT_LOADED.
+
+%% @doc Ends a watch; the fd is released by its kind (a caller's fd stays open).
+-spec fd_stop(watch()) -> ok.
+fd_stop(_Watch) -> ?NOT_LOADED.
+
+%% @doc Reads up to `Max' bytes from a non-blocking fd of ours.
+-spec fd_read(watch(), pos_integer()) -> {ok, binary()} | eof | eagain | {error, term()}.
+fd_read(_Watch, _Max) -> ?NOT_LOADED.
+
+%% @doc Writes to a non-blocking fd of ours.
+-spec fd_write(watch(), binary()) -> {ok, non_neg_integer()} | eagain | {error, term()}.
+fd_write(_Watch, _Data) -> ?NOT_LOADED.
+
+%% @doc Starts a child process (see `pybeam_core::child'): its pidfd and pipes come back as
+%% watches.
+-spec spawn_child([iodata()], map()) ->
+    {ok, integer(), watch(), watch() | undefined, watch() | undefined, watch() | undefined}
+    | {error, term()} | {badarg, binary()}.
+spawn_child(_Argv, _Opts) -> ?NOT_LOADED.
+
+%% @doc The exit status of a child, without blocking.
+-spec child_wait(watch()) -> running | {exited, integer()} | {signaled, integer()} | {error, term()}.
+child_wait(_Pidfd) -> ?NOT_LOADED.
+
+%% @doc Sends a signal to a child through its pidfd.
+-spec child_kill(watch(), integer()) -> ok | {error, term()}.
+child_kill(_Pidfd, _Signal) -> ?NOT_LOADED.

@@ -1,5 +1,6 @@
-%% @doc Top supervisor: one child per default loop (its event process, which owns the
-%% native loop and its thread). A dead event process is restarted with a fresh loop.
+%% @doc Top supervisor: `py_loop_sup' for loops created at runtime, then one child per
+%% default loop (its event process, which owns the native loop and its thread). A dead
+%% default event process is restarted with a fresh loop.
 -module(pybeam_sup).
 -behaviour(supervisor).
 
@@ -20,4 +21,8 @@ init([]) ->
                type => worker,
                modules => [py_event_proc]}
              || I <- lists:seq(1, N)],
-    {ok, {#{strategy => one_for_one, intensity => 10, period => 10}, Loops}}.
+    LoopSup = #{id => py_loop_sup,
+                start => {py_loop_sup, start_link, []},
+                type => supervisor,
+                modules => [py_loop_sup]},
+    {ok, {#{strategy => one_for_one, intensity => 10, period => 10}, [LoopSup | Loops]}}.

@@ -251,7 +251,7 @@ badarg_cause(Fun) ->
     end.
 
 info() ->
-    [{_, EventProc, _, _}] = supervisor:which_children(pybeam_sup),
+    [{_Loop, EventProc}] = py_loops:default_loops(),
     py_event_proc:info(EventProc).
 
 rss_mb() ->

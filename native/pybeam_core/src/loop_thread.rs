@@ -166,11 +166,16 @@ impl<H: Host> Loop<H> {
         }
     }
 
-    /// Stops the thread after its current batch; requests still queued are answered with
-    /// `CallError::Closed`.
+    /// Stops the thread after its current request, which is interrupted; requests still
+    /// queued are answered with `CallError::Closed`.
     pub fn close(&self) {
         self.closing.store(true, Ordering::Release);
         self.requests.wake();
+        // Whoever waited for the running request has gone with the loop: stop it early.
+        let running = self.run_state.running.load(Ordering::SeqCst);
+        if running != 0 {
+            interrupt(self.run_state.clone(), running);
+        }
     }
 
     pub fn is_closed(&self) -> bool {
@@ -263,6 +268,11 @@ impl<H: Host> Loop<H> {
         self.run_state.running.store(0, Ordering::SeqCst);
         self.run_state.clear_stale_interrupt(py, id);
         match outcome {
+            // Interrupted because the loop is closing: its caller still gets an answer.
+            Err(CallError::Interrupted) if self.closing.load(Ordering::Acquire) => {
+                Some(Completion { id, reply, outcome: Err(CallError::Closed) })
+            }
+            // Interrupted because its caller timed out: nobody is waiting.
             Err(CallError::Interrupted) => None,
             outcome => Some(Completion { id, reply, outcome }),
         }
