@@ -27,7 +27,7 @@ demo: build
 	elixir -pa $(EBIN) examples/demo.exs
 
 bench: build
-	@sh scripts/run-bench.sh
+	@BENCH="$(BENCH)" sh scripts/run-bench.sh
 
 dialyzer: build
 	$(REBAR) dialyzer

@@ -7,10 +7,13 @@
 -define(RUNS, 5).
 
 main(Args) ->
-    Out = case Args of [File | _] -> File; [] -> "bench/results/latest.json" end,
+    {Out, Only} = case Args of
+                      [File | Names] -> {File, [list_to_binary(N) || N <- Names]};
+                      [] -> {"bench/results/latest.json", []}
+                  end,
     {ok, _} = application:ensure_all_started(pybeam),
-    Groups = [sync_call()],
-    Results = [run_group(G) || G <- Groups],
+    Groups = [{<<"sync_call">>, fun sync_call/0}, {<<"event_loop">>, fun event_loop/0}],
+    Results = [run_group(Make()) || {Name, Make} <- Groups, Only =:= [] orelse lists:member(Name, Only)],
     Json = #{<<"runs">> => ?RUNS,
              <<"machine">> => machine(),
              <<"groups">> => Results},
@@ -27,9 +30,9 @@ sync_call() ->
     Echo = spawn_link(fun echo/0),
     PingPong = fun() -> Ref = make_ref(), Echo ! {self(), Ref}, receive {Ref, pong} -> ok end end,
     Workloads = lists:append(
-        [[{name("py:call(math, sqrt, [16.0])", C), C, Ops, Sqrt},
-          {name("baseline: no-op dirty NIF", C), C, Ops, DirtyNoop},
-          {name("baseline: Erlang message round trip", C), C, Ops, PingPong}]
+        [[{calls, name("py:call(math, sqrt, [16.0])", C), C, Ops, Sqrt},
+          {calls, name("baseline: no-op dirty NIF", C), C, Ops, DirtyNoop},
+          {calls, name("baseline: Erlang message round trip", C), C, Ops, PingPong}]
          || {C, Ops} <- [{1, 100000}, {8, 200000}, {64, 320000}]]),
     Targets = fun(M) ->
         Seq = rate(M, name("py:call(math, sqrt, [16.0])", 1)),
@@ -40,6 +43,186 @@ sync_call() ->
          target("64 callers py:call >= 500,000 calls/s", C64, 500000)]
     end,
     {<<"sync_call">>, Workloads, Targets}.
+
+%% Issue 3: the event process. Each workload is one batch of events; `rate' is events/s.
+event_loop() ->
+    %% 50,000 calls are submitted back to back: more than the default queue bound.
+    {ok, Loop, EP} = py_event_loop_v2:new(#{capacity => 100000}),
+    N = 100000,
+    Timers = fun() ->
+                 [py_event_loop_v2:start_timer(EP, (I rem 10) + 1, I) || I <- lists:seq(1, N)],
+                 drain(EP, N)
+             end,
+    RawTimers = fun() ->
+                    [erlang:send_after((I rem 10) + 1, self(), {t, I}) || I <- lists:seq(1, N)],
+                    _ = [receive {t, _} -> ok end || _ <- lists:seq(1, N)],
+                    ok
+                end,
+    K = 50000,
+    RawMessages = fun() ->
+                      Self = self(),
+                      spawn_link(fun() -> [Self ! {m, I} || I <- lists:seq(1, K)] end),
+                      _ = [receive {m, _} -> ok end || _ <- lists:seq(1, K)],
+                      ok
+                  end,
+    Calls = fun() ->
+                [ok = py_event_loop_v2:call(Loop, EP, I, operator, truth, [I]) || I <- lists:seq(1, K)],
+                drain(EP, K)
+            end,
+    CallBatches = fun() ->
+                      [ok = py_event_loop_v2:call_many(Loop, EP, [{I, operator, truth, [I]} || I <- lists:seq(B, B + 999)])
+                       || B <- lists:seq(1, K, 1000)],
+                      drain(EP, K)
+                  end,
+    SocketData = fun() -> socket_events(EP, K) end,
+    RawSocket = fun() -> socket_direct(K) end,
+    Lines = 50000,
+    ChildCmd = iolist_to_binary(io_lib:format("seq 1 ~b", [Lines])),
+    ChildOut = fun() -> child_output(EP, ChildCmd, Lines) end,
+    PortOut = fun() -> port_output(ChildCmd, Lines) end,
+    Spawns = fun() -> spawn_true(EP, 200) end,
+    PortSpawns = fun() -> port_true(200) end,
+    Latency = fun() -> waiter_latency(EP, 2000) end,
+    Workloads = [{<<"timers: 100,000 x start, fire, poll">>, N, Timers},
+                 {<<"baseline: 100,000 x erlang:send_after + receive">>, N, RawTimers},
+                 {<<"call_result: 50,000 events">>, K, Calls},
+                 {<<"call_result: 50,000 events, submitted 1,000 per call_many">>, K, CallBatches},
+                 {<<"socket_data: 50,000 events (tcp, packet 4)">>, K, SocketData},
+                 {<<"baseline: same packets received by a plain process">>, K, RawSocket},
+                 {<<"baseline: 50,000 raw messages sent and received">>, K, RawMessages},
+                 {<<"subprocess_stdout: 'seq 1 50000' (lines/s)">>, Lines, ChildOut},
+                 {<<"baseline: same child through an Erlang port (lines/s)">>, Lines, PortOut},
+                 {<<"subprocess spawn+exit: 200 x /bin/true">>, 200, Spawns},
+                 {<<"baseline: 200 x /bin/true through Erlang ports">>, 200, PortSpawns}],
+    Targets = fun(M) ->
+        Raw = rate(M, <<"baseline: 50,000 raw messages sent and received">>),
+        [target("timers >= 1.0x raw send_after (ratio)",
+                rate(M, <<"timers: 100,000 x start, fire, poll">>)
+                / rate(M, <<"baseline: 100,000 x erlang:send_after + receive">>), 1.0),
+         target("call_result >= 0.6x raw messages (ratio)",
+                rate(M, <<"call_result: 50,000 events, submitted 1,000 per call_many">>) / Raw, 0.6),
+         target("socket_data >= 0.6x raw messages (ratio)",
+                rate(M, <<"socket_data: 50,000 events (tcp, packet 4)">>) / Raw, 0.6)]
+    end,
+    {<<"event_loop">>,
+     [{batch, Name, Ops, F} || {Name, Ops, F} <- Workloads]
+     ++ [{samples, <<"latency: event arrival to blocked waiter return">>, Latency},
+         {samples, <<"baseline: message to a process blocked in receive">>,
+          fun() -> receive_latency(2000) end}],
+     fun(M) -> Targets(M) ++ [latency_target(M)] end}.
+
+drain(_EP, 0) -> ok;
+drain(EP, N) -> drain(EP, N - length(py_event_loop_v2:poll(EP, 5000))).
+
+socket_events(EP, K) ->
+    {ok, L} = gen_tcp:listen(0, [binary, {packet, 4}, {active, false}]),
+    {ok, Port} = inet:port(L),
+    {ok, C} = gen_tcp:connect({127, 0, 0, 1}, Port, [binary, {packet, 4}]),
+    {ok, S} = gen_tcp:accept(L),
+    Id = py_callback_id:next(),
+    ok = py_event_loop_v2:watch_socket(EP, S, Id),
+    spawn_link(fun() -> [ok = gen_tcp:send(C, <<"data">>) || _ <- lists:seq(1, K)] end),
+    drain(EP, K),
+    gen_tcp:close(C),
+    gen_tcp:close(L),
+    %% The close event.
+    [_] = py_event_loop_v2:poll(EP, 5000),
+    ok.
+
+socket_direct(K) ->
+    {ok, L} = gen_tcp:listen(0, [binary, {packet, 4}, {active, false}]),
+    {ok, Port} = inet:port(L),
+    {ok, C} = gen_tcp:connect({127, 0, 0, 1}, Port, [binary, {packet, 4}]),
+    {ok, S} = gen_tcp:accept(L),
+    ok = inet:setopts(S, [{active, true}]),
+    spawn_link(fun() -> [ok = gen_tcp:send(C, <<"data">>) || _ <- lists:seq(1, K)] end),
+    _ = [receive {tcp, S, _} -> ok end || _ <- lists:seq(1, K)],
+    gen_tcp:close(C),
+    gen_tcp:close(L),
+    ok.
+
+child_output(EP, Cmd, Lines) ->
+    Id = py_callback_id:next(),
+    {ok, _} = py_event_loop_v2:spawn(EP, Id, [<<"sh">>, <<"-c">>, Cmd], #{}),
+    Bytes = child_bytes(EP, Id, 0),
+    Bytes = byte_size(iolist_to_binary([integer_to_list(I) ++ "
+" || I <- lists:seq(1, Lines)])),
+    ok.
+
+child_bytes(EP, Id, Acc) ->
+    Events = py_event_loop_v2:poll(EP, 5000),
+    Acc1 = Acc + lists:sum([byte_size(D) || {_, subprocess_stdout, D} <- Events]),
+    case lists:keymember(subprocess_exit, 2, Events) of
+        true -> Acc1;
+        false -> child_bytes(EP, Id, Acc1)
+    end.
+
+port_output(Cmd, _Lines) ->
+    Port = open_port({spawn_executable, "/bin/sh"}, [{args, ["-c", Cmd]}, binary, exit_status, stream]),
+    port_bytes(Port).
+
+port_bytes(Port) ->
+    receive
+        {Port, {data, _}} -> port_bytes(Port);
+        {Port, {exit_status, 0}} -> ok
+    end.
+
+spawn_true(EP, N) ->
+    Ids = [begin Id = py_callback_id:next(), {ok, _} = py_event_loop_v2:spawn(EP, Id, [<<"/bin/true">>], #{}), Id end
+           || _ <- lists:seq(1, N)],
+    wait_exits(EP, length(Ids)).
+
+wait_exits(_EP, 0) -> ok;
+wait_exits(EP, N) ->
+    wait_exits(EP, N - length([x || {_, subprocess_exit, 0} <- py_event_loop_v2:poll(EP, 5000)])).
+
+port_true(N) ->
+    Ports = [open_port({spawn_executable, "/bin/true"}, [exit_status]) || _ <- lists:seq(1, N)],
+    [receive {P, {exit_status, 0}} -> ok end || P <- Ports],
+    ok.
+
+%% One waiter blocked in poll; another process starts a 0 ms timer, i.e. an event that
+%% arrives at the event process at once. Measures arrival to the waiter's return (ns).
+waiter_latency(EP, Samples) ->
+    Self = self(),
+    [begin
+         spawn_link(fun() ->
+                        [_] = py_event_loop_v2:poll(EP, infinity),
+                        Self ! {returned, erlang:monotonic_time(nanosecond)}
+                    end),
+         wait_waiting(EP),
+         T0 = erlang:monotonic_time(nanosecond),
+         _ = py_event_loop_v2:start_timer(EP, 0, I),
+         receive {returned, T1} -> T1 - T0 end
+     end || I <- lists:seq(1, Samples)].
+
+receive_latency(Samples) ->
+    Self = self(),
+    [begin
+         Waiter = spawn_link(fun() -> receive go -> Self ! {returned, erlang:monotonic_time(nanosecond)} end end),
+         wait_blocked(Waiter),
+         T0 = erlang:monotonic_time(nanosecond),
+         Waiter ! go,
+         receive {returned, T1} -> T1 - T0 end
+     end || _ <- lists:seq(1, Samples)].
+
+wait_blocked(Pid) ->
+    case process_info(Pid, status) of
+        {status, waiting} -> ok;
+        _ -> erlang:yield(), wait_blocked(Pid)
+    end.
+
+wait_waiting(EP) ->
+    case py_event_loop_v2:info(EP) of
+        #{waiters := 1} -> ok;
+        _ -> erlang:yield(), wait_waiting(EP)
+    end.
+
+latency_target(M) ->
+    [P50] = [P || #{<<"name">> := <<"latency: event arrival to blocked waiter return">>,
+                    <<"p50_us">> := P} <- M],
+    #{<<"target">> => <<"waiter latency p50 <= 5 us">>, <<"measured">> => P50 * 1.0,
+      <<"goal">> => 5.0, <<"met">> => P50 =< 5.0}.
 
 name(What, Callers) ->
     iolist_to_binary(io_lib:format("~s, ~b caller~s", [What, Callers, plural(Callers)])).
@@ -53,29 +236,49 @@ echo() ->
 run_group({Group, Workloads, Targets}) ->
     io:format("~n== ~s (median of ~b runs; rates in ops/s, latencies in us)~n", [Group, ?RUNS]),
     io:format("~-58s ~12s ~9s ~9s~n", ["workload", "rate", "p50", "p99"]),
+    _Warmup = [isolated(warmup(W)) || W <- Workloads],
     %% Interleave the workloads run by run, so that machine noise hits them alike.
-    _Warmup = [measure(C, min(Ops, 20000), F) || {_, C, Ops, F} <- Workloads],
-    Runs = [[measure(C, Ops, F) || {_, C, Ops, F} <- Workloads] || _ <- lists:seq(1, ?RUNS)],
-    PerWorkload = transpose(Runs),
-    Medians = [begin
-                   M = #{<<"name">> => Name, <<"callers">> => C,
-                         <<"rate">> => median([R || #{rate := R} <- Samples]),
-                         <<"p50_us">> => median([P || #{p50 := P} <- Samples]),
-                         <<"p99_us">> => median([P || #{p99 := P} <- Samples]),
-                         <<"rate_samples">> => [round(R) || #{rate := R} <- Samples]},
-                   io:format("~-58s ~12b ~9.1f ~9.1f~n",
-                             [Name, round(maps:get(<<"rate">>, M)), maps:get(<<"p50_us">>, M),
-                              maps:get(<<"p99_us">>, M)]),
-                   M
-               end || {{Name, C, _, _}, Samples} <- lists:zip(Workloads, PerWorkload)],
+    Runs = [[isolated(W) || W <- Workloads] || _ <- lists:seq(1, ?RUNS)],
+    Medians = [summarise(W, Samples) || {W, Samples} <- lists:zip(Workloads, transpose(Runs))],
     Checked = Targets(Medians),
     [io:format("  target ~-55s ~s (measured ~.2f)~n",
                [T, case Met of true -> "MET"; false -> "MISSED" end, V])
      || #{<<"target">> := T, <<"met">> := Met, <<"measured">> := V} <- Checked],
     #{<<"group">> => Group, <<"workloads">> => Medians, <<"targets">> => Checked}.
 
-%% Runs Ops operations spread over Callers processes; every operation is timed.
-measure(Callers, Ops, Fun) ->
+summarise(Workload, Samples) ->
+    M = #{<<"name">> => workload_name(Workload),
+          <<"callers">> => workload_callers(Workload),
+          <<"rate">> => median([R || #{rate := R} <- Samples]),
+          <<"p50_us">> => median([P || #{p50 := P} <- Samples]),
+          <<"p99_us">> => median([P || #{p99 := P} <- Samples]),
+          <<"rate_samples">> => [round(R) || #{rate := R} <- Samples]},
+    io:format("~-58s ~12b ~9.1f ~9.1f~n",
+              [maps:get(<<"name">>, M), round(maps:get(<<"rate">>, M)),
+               maps:get(<<"p50_us">>, M), maps:get(<<"p99_us">>, M)]),
+    M.
+
+workload_name({calls, Name, _, _, _}) -> Name;
+workload_name({batch, Name, _, _}) -> Name;
+workload_name({samples, Name, _}) -> Name.
+
+workload_callers({calls, _, C, _, _}) -> C;
+workload_callers(_) -> 1.
+
+warmup({calls, Name, C, Ops, F}) -> {calls, Name, C, min(Ops, 20000), F};
+warmup(W) -> W.
+
+%% Each measurement runs in a fresh process: an empty mailbox (a receive must not scan
+%% leftovers of earlier workloads, such as the exit messages of ports) and no state left.
+isolated(Workload) ->
+    {Pid, Mon} = spawn_monitor(fun() -> exit({measured, measure(Workload)}) end),
+    receive
+        {'DOWN', Mon, process, Pid, {measured, Result}} -> Result;
+        {'DOWN', Mon, process, Pid, Other} -> error({workload_failed, workload_name(Workload), Other})
+    end.
+
+%% Per-call workload: Ops operations spread over Callers processes, each one timed.
+measure({calls, _Name, Callers, Ops, Fun}) ->
     Self = self(),
     PerCaller = max(1, Ops div Callers),
     T0 = erlang:monotonic_time(),
@@ -83,10 +286,21 @@ measure(Callers, Ops, Fun) ->
             || _ <- lists:seq(1, Callers)],
     Lats = lists:append([receive {lat, P, L} -> L end || P <- Pids]),
     Elapsed = erlang:convert_time_unit(erlang:monotonic_time() - T0, native, nanosecond),
+    (percentiles(Lats))#{rate => length(Lats) / (Elapsed / 1.0e9)};
+%% Batch workload: one call does all Ops operations; only the total time is known.
+measure({batch, _Name, Ops, Fun}) ->
+    T0 = erlang:monotonic_time(nanosecond),
+    ok = Fun(),
+    PerOp = (erlang:monotonic_time(nanosecond) - T0) / Ops / 1000,
+    #{rate => 1.0e6 / PerOp, p50 => PerOp, p99 => PerOp};
+%% Latency workload: the function returns its own samples, in nanoseconds.
+measure({samples, _Name, Fun}) ->
+    (percentiles(Fun()))#{rate => 0.0}.
+
+percentiles(Lats) ->
     Sorted = lists:sort(Lats),
     N = length(Sorted),
-    #{rate => N / (Elapsed / 1.0e9),
-      p50 => lists:nth(max(1, round(N * 0.50)), Sorted) / 1000,
+    #{p50 => lists:nth(max(1, round(N * 0.50)), Sorted) / 1000,
       p99 => lists:nth(max(1, round(N * 0.99)), Sorted) / 1000}.
 
 timed(_Fun, 0, Acc) ->

@@ -25,14 +25,15 @@
 -export([new/0, new/1, destroy/2, poll/2]).
 -export([start_timer/3, cancel_timer/2]).
 -export([add_reader/3, add_writer/3, remove_reader/2, remove_writer/2]).
--export([call/6, call/7, spawn/4, kill/3, watch_socket/3, info/1]).
+-export([call/6, call/7, call_many/3, spawn/4, kill/3, watch_socket/3, info/1]).
 -export([format_error/2]).
 
 -type loop_ref() :: py_nif:loop().
 -type callback_id() :: pos_integer().
 -type event() :: {callback_id(), timer | read | write}
                | {callback_id(), atom(), term()}.
--type timer_ref() :: reference().
+%% Opaque: it carries the timer's deadline, so that cancelling it needs no lookup.
+-opaque timer_ref() :: {integer(), callback_id(), reference()}.
 -type new_opts() :: #{owner => pid(), max_batch => pos_integer(),
                       capacity => pos_integer(), spin_us => non_neg_integer()}.
 -export_type([loop_ref/0, callback_id/0, event/0, timer_ref/0]).
@@ -99,9 +100,9 @@ start_timer(EventProc, DelayMs, Id) when is_pid(EventProc), is_integer(DelayMs),
                                          is_integer(Id), Id > 0 ->
     case is_process_alive(EventProc) of
         true ->
-            TRef = make_ref(),
-            EventProc ! {'$py_start_timer', TRef, deadline(DelayMs), Id},
-            TRef;
+            {Deadline, Ref} = {deadline(DelayMs), make_ref()},
+            EventProc ! {'$py_start_timer', Deadline, Id, Ref},
+            {Deadline, Id, Ref};
         false ->
             {error, loop_destroyed}
     end;
@@ -125,9 +126,10 @@ deadline(DelayMs) ->
 %% @doc Cancels a timer. Once this returns, its event is never delivered, even if the
 %% timer already fired and its event is waiting in the queue.
 -spec cancel_timer(pid(), timer_ref()) -> ok | {error, loop_destroyed}.
-cancel_timer(EventProc, TRef) when is_pid(EventProc), is_reference(TRef) ->
+cancel_timer(EventProc, {Deadline, Id, Ref}) when is_pid(EventProc), is_integer(Deadline),
+                                                  is_reference(Ref) ->
     case is_process_alive(EventProc) of
-        true -> EventProc ! {'$py_cancel_timer', TRef}, ok;
+        true -> EventProc ! {'$py_cancel_timer', Deadline, Id, Ref}, ok;
         false -> {error, loop_destroyed}
     end;
 cancel_timer(EventProc, TRef) ->
@@ -190,14 +192,42 @@ call(Loop, EventProc, Id, Module, Function, Args, Kwargs) ->
     is_list(Args) orelse ?BADARG({args, Args}, Argv),
     is_map(Kwargs) orelse ?BADARG({kwargs, Kwargs}, Argv),
     Job = {call, Module, Function, Args, Kwargs},
-    Submitted = case py_nif:submit(Loop, Id, {'$py_event', Id}, Job) of
-                    dirty -> py_nif:submit_dirty(Loop, Id, {'$py_event', Id}, Job);
+    Submitted = case py_nif:submit(Loop, Id, event, Job) of
+                    dirty -> py_nif:submit_dirty(Loop, Id, event, Job);
                     Other -> Other
                 end,
     case Submitted of
         {badarg, Why} -> ?BADARG(Why, Argv);
         Result -> Result
     end.
+
+%% @doc Submits many calls in one NIF call: all are queued, in order, or none
+%% (`{error, overloaded}'). Each result becomes a `call_result' or `call_error' event.
+%% Each call is `{Id, Module, Function, Args}' or `{Id, Module, Function, Args, Kwargs}'.
+-spec call_many(loop_ref(), pid(), [{callback_id(), py:name(), py:name(), list()}
+                                   | {callback_id(), py:name(), py:name(), list(), map()}]) ->
+    ok | {error, term()}.
+call_many(Loop, EventProc, Calls) when is_reference(Loop), is_pid(EventProc), is_list(Calls) ->
+    Requests = [call_request(C, I, [Loop, EventProc, Calls]) || {I, C} <- lists:enumerate(Calls)],
+    Submitted = case py_nif:submit_many(Loop, Requests) of
+                    dirty -> py_nif:submit_many_dirty(Loop, Requests);
+                    Other -> Other
+                end,
+    case Submitted of
+        {badarg, Why} -> ?BADARG(Why, [Loop, EventProc, Calls]);
+        Result -> Result
+    end;
+call_many(Loop, EventProc, Calls) ->
+    ?BADARG({call_many, {Loop, EventProc, Calls}}, [Loop, EventProc, Calls]).
+
+call_request({Id, M, F, A}, Index, Argv) ->
+    call_request({Id, M, F, A, #{}}, Index, Argv);
+call_request({Id, M, F, A, K}, _Index, _Argv)
+  when is_integer(Id), Id > 0, (is_atom(M) orelse is_binary(M)), (is_atom(F) orelse is_binary(F)),
+       is_list(A), is_map(K) ->
+    {Id, event, {call, M, F, A, K}};
+call_request(Call, Index, Argv) ->
+    ?BADARG({bad_call, Index, Call}, Argv).
 
 %% @doc Starts a child process owned by the loop. Its output and exit become
 %% `subprocess_stdout', `subprocess_stderr' and `subprocess_exit' events (the exit after
@@ -266,5 +296,8 @@ describe({timeout, V}) -> io_lib:format("the timeout must be a non-negative inte
 describe({fd, V}) -> io_lib:format("an fd must be an integer, got: ~0tP", [V, 10]);
 describe({event_proc, V}) -> io_lib:format("not an event process: ~0tP", [V, 10]);
 describe(not_this_loop) -> "the loop reference does not belong to this event process";
+describe({bad_call, I, C}) ->
+    io_lib:format("call ~b must be {Id, Module, Function, Args[, Kwargs]} with a positive "
+                  "integer id, got: ~0tP", [I, C, 10]);
 describe(Reason) when is_binary(Reason) -> Reason;
 describe(Other) -> io_lib:format("~0tP", [Other, 10]).

@@ -3,10 +3,11 @@
 %% It owns the native loop (its Rust thread is torn down when this process dies) and
 %% everything that produces events for the loop:
 %%
-%% - results the loop thread sends, one message per batch: `{'$py_replies', Replies}'.
-%%   A reply to a caller's alias is forwarded as `{Alias, Result}' (a caller that timed out
-%%   deactivated its alias, so a late result never reaches it); a reply addressed to the
-%%   event queue becomes a `call_result' or `call_error' event;
+%% - results the loop thread sends, one message per batch:
+%%   `{'$py_results', Replies, Events}'. A reply to a caller's alias is forwarded as
+%%   `{Alias, Result}' (a caller that timed out deactivated its alias, so a late result
+%%   never reaches it); results addressed to the event queue arrive as finished
+%%   `call_result' and `call_error' events and are appended as they are;
 %% - timers (coalesced per millisecond, see `py_timer_set');
 %% - fd readiness (`enif_select' messages come straight here, see `py_ep_fds');
 %% - child processes (`py_ep_children') and sockets (`py_ep_sockets');
@@ -29,12 +30,11 @@
     loop :: py_nif:loop(),
     parent :: pid() | undefined,
     owner_mon :: reference() | undefined,
-    events = queue:new() :: queue:queue(tuple()),
+    %% newest first: a prepend per event, one reverse per delivery
+    events = [] :: [tuple()],
     count = 0 :: non_neg_integer(),
     waiters = [] :: [#waiter{}],
     timers = py_timer_set:new() :: py_timer_set:t(),
-    %% timers that fired and whose event is queued, so that a late cancel can drop it
-    fired = #{} :: #{reference() => term()},
     fds = py_ep_fds:new() :: py_ep_fds:t(),
     %% fd directions whose event is queued, and those delivered: re-armed when a poller
     %% comes back for more (it has acted on the readiness by then)
@@ -121,15 +121,17 @@ init(Starter, Opts, Link) ->
 
 loop(S) ->
     receive
-        {'$py_replies', Replies} ->
-            next(route(Replies, S));
-        {'$py_replies_collect', Replies} ->
-            S1 = route(Replies, S),
-            %% Large binaries passed through: drop our references to them now.
+        {'$py_results', Replies, Events} ->
+            route(Replies),
+            next(append(Events, S));
+        {'$py_results_collect', Replies, Events} ->
+            route(Replies),
+            S1 = append(Events, S),
+            %% Large binaries passed through: drop our references to the routed ones now.
             erlang:garbage_collect(),
             next(S1);
-        {'$py_start_timer', TRef, Deadline, Id} ->
-            next(start_timer(TRef, Deadline, Id, S));
+        {'$py_start_timer', Deadline, Id, Ref} ->
+            next(start_timer(Deadline, Id, Ref, S));
         {timeout, _, {'$py_tick', Deadline}} ->
             next(tick(Deadline, S));
         {'$py_fd', Fd, Dir, Serial} ->
@@ -137,8 +139,8 @@ loop(S) ->
         {'$py_child', Id, Stream} ->
             {Events, Children} = py_ep_children:ready(Id, Stream, S#state.children),
             next(enqueue_all(Events, S#state{children = Children}));
-        {'$py_cancel_timer', TRef} ->
-            next(cancel_timer(TRef, S));
+        {'$py_cancel_timer', Deadline, Id, Ref} ->
+            next(cancel_timer(Deadline, Id, Ref, S));
         {'$py_event', From, Request} ->
             handle_request(Request, From, S);
         {timeout, _, {'$py_poll_timeout', Mon}} ->
@@ -170,24 +172,24 @@ next(S) ->
 
 %%% Replies and call results
 
-route([{To, Result} | Rest], S) when is_reference(To) ->
+route([{To, Result} | Rest]) ->
     To ! {To, Result},
-    route(Rest, S);
-route([{{'$py_event', Id}, Result} | Rest], S) ->
-    Event = case Result of
-                {ok, Value} -> {Id, call_result, Value};
-                {error, Reason} -> {Id, call_error, Reason}
-            end,
-    route(Rest, enqueue(Event, S));
-route([], S) ->
-    S.
+    route(Rest);
+route([]) ->
+    ok.
+
+%% Appends events that arrive in order, as a batch.
+append([], S) ->
+    S;
+append(Events, #state{events = Queued, count = N} = S) ->
+    S#state{events = lists:reverse(Events, Queued), count = N + length(Events)}.
 
 %%% Timers
 
-start_timer(TRef, 0, Id, S) ->
-    fire(TRef, Id, S);
-start_timer(TRef, Deadline, Id, #state{timers = Timers} = S) ->
-    case py_timer_set:add(TRef, Id, Deadline, Timers) of
+start_timer(0, Id, _Ref, S) ->
+    enqueue({Id, timer}, S);
+start_timer(Deadline, Id, Ref, #state{timers = Timers} = S) ->
+    case py_timer_set:add({Deadline, Ref}, Id, Timers) of
         {ok, Timers1} ->
             S#state{timers = Timers1};
         {new_tick, Timers1} ->
@@ -195,26 +197,23 @@ start_timer(TRef, Deadline, Id, #state{timers = Timers} = S) ->
             S#state{timers = py_timer_set:set_tick_timer(Deadline, ErlRef, Timers1)}
     end.
 
-tick(Deadline, #state{timers = Timers} = S) ->
+tick(Deadline, #state{timers = Timers, events = Events, count = N} = S) ->
     {Due, Timers1} = py_timer_set:take_tick(Deadline, Timers),
-    lists:foldl(fun({TRef, Id}, Acc) -> fire(TRef, Id, Acc) end, S#state{timers = Timers1}, Due).
+    Events1 = lists:foldl(fun({_Ref, Id}, Acc) -> [{Id, timer} | Acc] end, Events, Due),
+    S#state{timers = Timers1, events = Events1, count = N + length(Due)}.
 
-fire(TRef, Id, #state{fired = Fired} = S) ->
-    enqueue({Id, timer}, S#state{fired = Fired#{TRef => Id}}).
-
-cancel_timer(TRef, #state{timers = Timers, fired = Fired} = S) ->
-    case py_timer_set:cancel(TRef, Timers) of
-        {cancelled, none, Timers1} ->
+cancel_timer(Deadline, Id, Ref, #state{timers = Timers} = S) ->
+    case py_timer_set:cancel({Deadline, Ref}, Timers) of
+        {pending, none, Timers1} ->
             S#state{timers = Timers1};
-        {cancelled, ErlRef, Timers1} ->
+        {pending, ErlRef, Timers1} ->
             _ = erlang:cancel_timer(ErlRef, [{async, true}, {info, false}]),
             S#state{timers = Timers1};
-        {not_found, _} ->
-            %% Fired already: if its event is still queued, it must not be delivered.
-            case maps:take(TRef, Fired) of
-                {Id, Fired1} -> drop_event({Id, timer}, S#state{fired = Fired1});
-                error -> S
-            end
+        {fired, Timers1} ->
+            %% Fired since the last delivery: its event is queued and must not go out.
+            drop_event({Id, timer}, S#state{timers = Timers1});
+        {gone, _} ->
+            S
     end.
 
 %%% Fds
@@ -229,25 +228,25 @@ fd_ready(Fd, Dir, Serial, #state{fds = Fds} = S) ->
 
 %%% The event queue and its waiters
 
-enqueue(Event, #state{events = Q, count = N} = S) ->
-    S#state{events = queue:in(Event, Q), count = N + 1}.
+enqueue(Event, #state{events = Events, count = N} = S) ->
+    S#state{events = [Event | Events], count = N + 1}.
 
 enqueue_all(Events, S) ->
     lists:foldl(fun enqueue/2, S, Events).
 
-%% Removes the first queued occurrence of `Event'.
-drop_event(Event, #state{events = Q, count = N} = S) ->
-    case lists:splitwith(fun(E) -> E =/= Event end, queue:to_list(Q)) of
-        {Before, [_ | After]} -> S#state{events = queue:from_list(Before ++ After), count = N - 1};
+%% Removes the earliest queued occurrence of `Event' (a rare path: a late cancel).
+drop_event(Event, #state{events = Events, count = N} = S) ->
+    case lists:splitwith(fun(E) -> E =/= Event end, lists:reverse(Events)) of
+        {Before, [_ | After]} -> S#state{events = lists:reverse(Before ++ After), count = N - 1};
         {_, []} -> S
     end.
 
 %% Takes every queued event. Their fds are re-armed at the next poll: re-armed now, an fd
 %% the poller has not read yet would only report the same readiness again.
 take_events(S) ->
-    {queue:to_list(S#state.events),
-     S#state{events = queue:new(), count = 0, fired = #{}, fd_events = [],
-             fd_delivered = S#state.fd_events ++ S#state.fd_delivered}}.
+    {lists:reverse(S#state.events),
+     S#state{events = [], count = 0, timers = py_timer_set:delivered(S#state.timers),
+             fd_events = [], fd_delivered = S#state.fd_events ++ S#state.fd_delivered}}.
 
 rearm_delivered(#state{fd_delivered = []} = S) ->
     S;

@@ -6,6 +6,7 @@
 -export([init_python/1, python_info/0,
          loop_new/2, submit/4, submit_dirty/4, cancel/2, loop_close/1, loop_stats/1,
          reaper_pending/0, noop/0, noop_dirty/0]).
+-export([submit_many/2, submit_many_dirty/2]).
 -export([fd_watch/1, fd_select/3, fd_cancel/2, fd_stop/1, fd_read/2, fd_write/2,
          spawn_child/2, child_wait/1, child_kill/2]).
 
@@ -13,7 +14,7 @@
 
 -nifs([init_python/1, python_info/0,
        loop_new/2, submit/4, submit_dirty/4, cancel/2, loop_close/1, loop_stats/1,
-       reaper_pending/0, noop/0, noop_dirty/0,
+       reaper_pending/0, noop/0, noop_dirty/0, submit_many/2, submit_many_dirty/2,
        fd_watch/1, fd_select/3, fd_cancel/2, fd_stop/1, fd_read/2, fd_write/2,
        spawn_child/2, child_wait/1, child_kill/2]).
 
@@ -48,14 +49,24 @@ python_info() -> ?NOT_LOADED.
 -spec loop_new(pid(), map()) -> {ok, loop()} | {error, term()}.
 loop_new(_EventProc, _Opts) -> ?NOT_LOADED.
 
-%% `ReplyTo' is the caller's alias, or `{'$py_event', Id}' for the loop's event queue.
--spec submit(loop(), pos_integer(), reference() | {'$py_event', pos_integer()}, tuple()) ->
+%% `ReplyTo' is the caller's alias, or `event' for the loop's event queue (the result then
+%% becomes a `call_result' or `call_error' event named by `Id').
+-spec submit(loop(), pos_integer(), reference() | event, tuple()) ->
     ok | dirty | {error, term()} | {badarg, binary()}.
 submit(_Loop, _Id, _Alias, _Job) -> ?NOT_LOADED.
 
--spec submit_dirty(loop(), pos_integer(), reference() | {'$py_event', pos_integer()}, tuple()) ->
+-spec submit_dirty(loop(), pos_integer(), reference() | event, tuple()) ->
     ok | {error, term()} | {badarg, binary()}.
 submit_dirty(_Loop, _Id, _Alias, _Job) -> ?NOT_LOADED.
+
+%% @doc Submits many requests in one call: all are queued, in order, or none.
+-spec submit_many(loop(), [{pos_integer(), reference() | event, tuple()}]) ->
+    ok | dirty | {error, term()} | {badarg, binary()}.
+submit_many(_Loop, _Requests) -> ?NOT_LOADED.
+
+-spec submit_many_dirty(loop(), [{pos_integer(), reference() | event, tuple()}]) ->
+    ok | {error, term()} | {badarg, binary()}.
+submit_many_dirty(_Loop, _Requests) -> ?NOT_LOADED.
 
 -spec cancel(loop(), pos_integer()) -> ok.
 cancel(_Loop, _Id) -> ?NOT_LOADED.

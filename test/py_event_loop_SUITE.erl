@@ -22,7 +22,7 @@ groups() ->
                     poll_timeout_returns_empty, destroy_answers_blocked_waiter]},
      {fds, [], [pipe_readiness_is_rearmed_and_removed, socket_fd_readiness,
                 destroy_releases_selects_without_closing_fds]},
-     {results, [], [call_results_in_order, call_errors]},
+     {results, [], [call_results_in_order, call_errors, call_many_is_all_or_nothing]},
      {children, [], [subprocess_echo, subprocess_stderr_and_signals, subprocess_not_found,
                      destroy_kills_children]},
      {sockets, [], [tcp_socket_events, udp_socket_events]},
@@ -271,6 +271,23 @@ call_errors(Config) ->
                   {2, call_error, {unsupported_type, <<"object">>}}],
                  collect(EP, 2, 2000)).
 
+call_many_is_all_or_nothing(_Config) ->
+    {ok, Loop, EP} = py_event_loop_v2:new(#{capacity => 100}),
+    Calls = [{Id, operator, neg, [Id]} || Id <- lists:seq(1, 100)],
+    ok = py_event_loop_v2:call_many(Loop, EP, Calls),
+    ?assertEqual([{Id, call_result, -Id} || Id <- lists:seq(1, 100)], collect(EP, 100, 5000)),
+    %% Held up by a slow call, a batch that does not fit is refused whole.
+    ok = py_event_loop_v2:call(Loop, EP, 1000, time, sleep, [0.2]),
+    timer:sleep(50),
+    ok = py_event_loop_v2:call_many(Loop, EP, [{I, operator, neg, [I]} || I <- lists:seq(1, 60)]),
+    ?assertEqual({error, overloaded},
+                 py_event_loop_v2:call_many(Loop, EP, [{I, operator, neg, [I]} || I <- lists:seq(61, 101)])),
+    Events = collect(EP, 61, 5000),
+    ?assertEqual([1000 | lists:seq(1, 60)], [Id || {Id, call_result, _} <- Events]),
+    ?assertEqual({bad_call, 2, {x}},
+                 badarg_cause(fun() -> py_event_loop_v2:call_many(Loop, EP, [{1, m, f, []}, {x}]) end)),
+    ok = py_event_loop_v2:destroy(Loop, EP).
+
 %%% Children
 
 subprocess_echo(Config) ->
@@ -398,7 +415,7 @@ calls_on_a_destroyed_loop(Config) ->
     ?assertEqual(Destroyed, py_event_loop_v2:destroy(Loop, EP)),
     ?assertEqual(Destroyed, py_event_loop_v2:poll(EP, 0)),
     ?assertEqual(Destroyed, py_event_loop_v2:start_timer(EP, 1, 1)),
-    ?assertEqual(Destroyed, py_event_loop_v2:cancel_timer(EP, make_ref())),
+    ?assertEqual(Destroyed, py_event_loop_v2:cancel_timer(EP, {1, 1, make_ref()})),
     ?assertEqual(Destroyed, py_event_loop_v2:add_reader(EP, R, 1)),
     ?assertEqual(Destroyed, py_event_loop_v2:remove_writer(EP, W)),
     ?assertEqual(Destroyed, py_event_loop_v2:spawn(EP, 1, [<<"true">>], #{})),

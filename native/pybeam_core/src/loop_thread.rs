@@ -67,9 +67,10 @@ impl Default for LoopConfig {
     }
 }
 
-pub enum SubmitError<R> {
-    Overloaded(Request<R>),
-    Closed(Request<R>),
+/// A refused submission hands the request(s) back.
+pub enum SubmitError<T> {
+    Overloaded(T),
+    Closed(T),
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -143,11 +144,19 @@ impl<H: Host> Loop<H> {
         &self.config
     }
 
-    pub fn submit(&self, req: Request<H::Reply>) -> Result<(), SubmitError<H::Reply>> {
+    pub fn submit(&self, req: Request<H::Reply>) -> Result<(), SubmitError<Request<H::Reply>>> {
         if self.closing.load(Ordering::Acquire) {
             return Err(SubmitError::Closed(req));
         }
         self.requests.push(req).map_err(SubmitError::Overloaded)
+    }
+
+    /// Queues all of `reqs` in order, or none of them.
+    pub fn submit_many(&self, reqs: Vec<Request<H::Reply>>) -> Result<(), SubmitError<Vec<Request<H::Reply>>>> {
+        if self.closing.load(Ordering::Acquire) {
+            return Err(SubmitError::Closed(reqs));
+        }
+        self.requests.push_all(reqs).map_err(SubmitError::Overloaded)
     }
 
     /// The caller of `id` gave up: skip it if still queued, interrupt it if running.

@@ -3,6 +3,9 @@
 //! Producers wake the consumer only on the empty -> non-empty transition: when a batch is
 //! already waiting, the consumer is awake or about to drain it, and another `unpark` would
 //! only cost an atomic swap (or a futex syscall if it raced with parking).
+//!
+//! Room is reserved before items are pushed (the `queued` count is claimed first), so a
+//! batch goes in whole or not at all.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -12,8 +15,9 @@ use crossbeam_queue::ArrayQueue;
 
 pub struct Mailbox<T> {
     queue: ArrayQueue<T>,
-    /// Items pushed and not yet taken. The consumer parks only when this is zero, so a push
-    /// that sees a non-zero count can skip the wake-up safely.
+    /// Items reserved or pushed, and not yet taken; never below the queue's real length.
+    /// The consumer parks only when this is zero, so a push that sees a non-zero count can
+    /// skip the wake-up safely.
     queued: AtomicUsize,
     consumer: OnceLock<Thread>,
 }
@@ -33,10 +37,42 @@ impl<T> Mailbox<T> {
         let _ = self.consumer.set(thread);
     }
 
+    /// Claims room for `n` items; returns the count before the claim.
+    fn reserve(&self, n: usize) -> Option<usize> {
+        let capacity = self.queue.capacity();
+        self.queued
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |q| (q + n <= capacity).then_some(q + n))
+            .ok()
+    }
+
     /// Queues an item, or hands it back when the queue is full.
     pub fn push(&self, item: T) -> Result<(), T> {
-        self.queue.push(item)?;
-        if self.queued.fetch_add(1, Ordering::SeqCst) == 0 {
+        let Some(before) = self.reserve(1) else { return Err(item) };
+        // Cannot fail: the queue holds at most `queued` items and we reserved a slot.
+        if let Err(item) = self.queue.push(item) {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(item);
+        }
+        if before == 0 {
+            self.wake();
+        }
+        Ok(())
+    }
+
+    /// Queues all items, in order, or none of them (handed back) when they do not fit.
+    pub fn push_all(&self, items: Vec<T>) -> Result<(), Vec<T>> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let Some(before) = self.reserve(items.len()) else { return Err(items) };
+        for item in items {
+            // Cannot fail, as in `push`; a failure would mean a broken invariant, and the
+            // item is dropped rather than the consumer woken for a slot that never fills.
+            if self.queue.push(item).is_err() {
+                self.queued.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        if before == 0 {
             self.wake();
         }
         Ok(())
@@ -107,6 +143,40 @@ mod tests {
         let mut out = vec![];
         assert_eq!(m.take(3, &mut out), 3);
         assert_eq!(m.len(), 2);
+    }
+
+    #[test]
+    fn a_batch_goes_in_whole_or_not_at_all() {
+        let m = Mailbox::new(5);
+        m.push(0).unwrap();
+        assert_eq!(m.push_all(vec![1, 2, 3, 4, 5]), Err(vec![1, 2, 3, 4, 5]));
+        assert_eq!(m.len(), 1);
+        assert!(m.push_all(vec![1, 2, 3, 4]).is_ok());
+        let mut out = vec![];
+        m.take(10, &mut out);
+        assert_eq!(out, vec![0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn concurrent_batches_never_exceed_capacity() {
+        let m = Arc::new(Mailbox::new(100));
+        let producers: Vec<_> = (0..8)
+            .map(|p| {
+                let m = m.clone();
+                std::thread::spawn(move || {
+                    (0..50).filter(|i| m.push_all(vec![(p, *i); 7]).is_ok()).count()
+                })
+            })
+            .collect();
+        let accepted: usize = producers.into_iter().map(|h| h.join().unwrap()).sum();
+        let mut out = vec![];
+        m.take(1000, &mut out);
+        assert_eq!(out.len(), accepted * 7);
+        assert!(out.len() <= 100);
+        // Each batch is contiguous per producer and complete.
+        for p in 0..8 {
+            assert_eq!(out.iter().filter(|(q, _)| *q == p).count() % 7, 0);
+        }
     }
 
     #[test]

@@ -87,14 +87,20 @@ impl<'a> Open<'a> {
     }
 }
 
-pub struct Decoder<'k> {
-    keep: &'k Arc<KeptEnv>,
+pub struct Decoder {
+    /// Created on the first large binary; each shared binary keeps it alive.
+    keep: Option<Arc<KeptEnv>>,
     budget: Option<usize>,
 }
 
-impl<'k> Decoder<'k> {
-    pub fn new(keep: &'k Arc<KeptEnv>, budget: Option<usize>) -> Self {
-        Decoder { keep, budget }
+impl Decoder {
+    pub fn new(budget: Option<usize>) -> Self {
+        Decoder { keep: None, budget }
+    }
+
+    /// The budget not yet spent (for the next request of a batch).
+    pub fn budget_left(&self) -> Option<usize> {
+        self.budget
     }
 
     fn charge<'a>(&mut self, cost: usize) -> Result<(), DecodeError<'a>> {
@@ -239,7 +245,8 @@ impl<'k> Decoder<'k> {
         // Bitstrings that are not whole bytes fail to inspect and are refused.
         let bin = Binary::from_term(term).map_err(|_| DecodeError::Unsupported(term))?;
         if bin.len() >= SHARE_THRESHOLD {
-            let shared = KeptBinary::new(self.keep, term).ok_or(DecodeError::Unsupported(term))?;
+            let keep = self.keep.get_or_insert_with(|| Arc::new(KeptEnv::new()));
+            let shared = KeptBinary::new(keep, term).ok_or(DecodeError::Unsupported(term))?;
             return Ok(Bytes::Shared(Arc::new(shared)));
         }
         self.charge(bin.len() / 256)?;

@@ -1,9 +1,11 @@
 //! Loops as NIF resources: creation, request submission, cancellation, teardown.
 //!
 //! Results leave the loop thread as one message per batch to the loop's event process:
-//! `{'$py_replies', [{Alias, Result}]}`. The event process forwards each `{Alias, Result}` to
-//! the alias, so a caller that timed out (alias deactivated) never receives a late result.
-//! A batch that carries large binaries is tagged `'$py_replies_collect'`: the event process
+//! `{'$py_results', [{Alias, Result}], [Event]}`. The event process forwards each
+//! `{Alias, Result}` to the alias, so a caller that timed out (alias deactivated) never
+//! receives a late result; results addressed to the event queue arrive as finished events,
+//! `{Id, call_result, Value}` or `{Id, call_error, Reason}`, and are appended as they are.
+//! A batch that carries large binaries is tagged `'$py_results_collect'`: the event process
 //! garbage-collects after routing it, or it would keep those binaries alive while idle.
 
 use std::sync::Arc;
@@ -11,6 +13,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use rustler::sys::{enif_make_copy, ErlNifTerm};
+use rustler::types::tuple::make_tuple;
 use rustler::{Encoder, Env, LocalPid, Monitor, OwnedEnv, Resource, ResourceArc, Term};
 
 use pybeam_core::{Completion, Host, Loop, LoopConfig, Request, SubmitError};
@@ -20,15 +23,28 @@ use crate::decode::{DecodeError, Decoder, NORMAL_BUDGET};
 use crate::encode;
 use crate::kept_env::KeptEnv;
 
-/// Routes one result: the caller's alias, kept alive in the request's env.
-pub struct ReplyTo {
-    // Owns the env that `alias` (and any shared binaries) live in.
-    _keep: Arc<KeptEnv>,
-    alias: ErlNifTerm,
+/// Where one result goes.
+pub enum ReplyTo {
+    /// A caller's alias, kept alive in the request's own env.
+    Alias { keep: KeptEnv, alias: ErlNifTerm },
+    /// The loop's event queue, as an event named by the request's id.
+    Event,
 }
 
 // SAFETY: `alias` lives in `keep`, which is Send + Sync; it is only copied out of.
 unsafe impl Send for ReplyTo {}
+
+impl ReplyTo {
+    /// `event` for the event queue, else a caller's alias.
+    fn new(target: Term<'_>) -> ReplyTo {
+        if atoms::event() == target {
+            return ReplyTo::Event;
+        }
+        let keep = KeptEnv::new();
+        let alias = keep.keep(target);
+        ReplyTo::Alias { keep, alias }
+    }
+}
 
 pub struct NifHost {
     event_proc: LocalPid,
@@ -44,20 +60,25 @@ impl Host for NifHost {
         // monitors, so the results are simply dropped.
         let _ = env.send_and_clear(&self.event_proc, |env| {
             encode::take_large_bytes();
-            let replies: Vec<Term> = done
-                .drain(..)
-                .map(|c| {
-                    // SAFETY: the alias lives in c.reply._keep, alive for this call.
-                    let alias = unsafe { Term::new(env, enif_make_copy(env.as_c_arg(), c.reply.alias)) };
-                    make_pair(env, alias, encode::outcome(env, &c.outcome))
-                })
-                .collect();
+            let mut replies = Vec::new();
+            let mut events = Vec::new();
+            for c in done.drain(..) {
+                match c.reply {
+                    ReplyTo::Alias { keep, alias } => {
+                        // SAFETY: the alias lives in `keep`, alive until the end of this arm.
+                        let alias = unsafe { Term::new(env, enif_make_copy(env.as_c_arg(), alias)) };
+                        replies.push(make_tuple(env, &[alias, encode::outcome(env, &c.outcome)]));
+                        drop(keep);
+                    }
+                    ReplyTo::Event => events.push(call_event(env, c.id, &c.outcome)),
+                }
+            }
             let tag = if encode::take_large_bytes() > 0 {
-                atoms::py_replies_collect()
+                atoms::py_results_collect()
             } else {
-                atoms::py_replies()
+                atoms::py_results()
             };
-            (tag, replies).encode(env)
+            (tag, replies, events).encode(env)
         });
     }
 
@@ -73,8 +94,12 @@ impl Host for NifHost {
     }
 }
 
-fn make_pair<'a>(env: Env<'a>, a: Term<'a>, b: Term<'a>) -> Term<'a> {
-    rustler::types::tuple::make_tuple(env, &[a, b])
+/// `{Id, call_result, Value}` or `{Id, call_error, Reason}`.
+fn call_event<'a>(env: Env<'a>, id: u64, outcome: &pybeam_core::Outcome) -> Term<'a> {
+    match outcome {
+        Ok(v) => make_tuple(env, &[id.encode(env), atoms::call_result().encode(env), encode::value(env, v)]),
+        Err(e) => make_tuple(env, &[id.encode(env), atoms::call_error().encode(env), encode::call_error(env, e)]),
+    }
 }
 
 pub struct LoopResource {
@@ -134,11 +159,12 @@ fn loop_new<'a>(env: Env<'a>, event_proc: LocalPid, opts: Term<'a>) -> Term<'a> 
     (atoms::ok(), resource).encode(env)
 }
 
-/// `submit(Loop, Id, Alias, Job)`: decodes on this scheduler within a budget; answers `dirty`
-/// when the request is too big, and the caller retries with `submit_dirty/4`.
+/// `submit(Loop, Id, ReplyTo, Job)`: `ReplyTo` is the caller's alias, or `event` for the
+/// loop's event queue. Decodes on this scheduler within a budget; answers `dirty` when the
+/// request is too big, and the caller retries with `submit_dirty/4`.
 #[rustler::nif]
-fn submit<'a>(env: Env<'a>, lp: ResourceArc<LoopResource>, id: u64, alias: Term<'a>, job: Term<'a>) -> Term<'a> {
-    submit_with_budget(env, &lp, id, alias, job, Some(NORMAL_BUDGET))
+fn submit<'a>(env: Env<'a>, lp: ResourceArc<LoopResource>, id: u64, reply_to: Term<'a>, job: Term<'a>) -> Term<'a> {
+    submit_with_budget(env, &lp, id, reply_to, job, Some(NORMAL_BUDGET))
 }
 
 #[rustler::nif(schedule = "DirtyCpu")]
@@ -146,41 +172,92 @@ fn submit_dirty<'a>(
     env: Env<'a>,
     lp: ResourceArc<LoopResource>,
     id: u64,
-    alias: Term<'a>,
+    reply_to: Term<'a>,
     job: Term<'a>,
 ) -> Term<'a> {
-    submit_with_budget(env, &lp, id, alias, job, None)
+    submit_with_budget(env, &lp, id, reply_to, job, None)
 }
 
 fn submit_with_budget<'a>(
     env: Env<'a>,
     lp: &LoopResource,
     id: u64,
-    alias: Term<'a>,
+    reply_to: Term<'a>,
     job: Term<'a>,
     budget: Option<usize>,
 ) -> Term<'a> {
     if lp.lp.is_closed() {
         return (atoms::error(), atoms::loop_destroyed()).encode(env);
     }
-    let keep = Arc::new(KeptEnv::new());
-    let job = match Decoder::new(&keep, budget).job(job) {
+    let job = match Decoder::new(budget).job(job) {
         Ok(job) => job,
-        Err(DecodeError::NeedsDirty) => return atoms::dirty().encode(env),
-        Err(DecodeError::Unsupported(t)) => {
-            return (atoms::error(), (atoms::unsupported_term(), t)).encode(env)
-        }
-        Err(DecodeError::TooDeep) => {
-            return (atoms::error(), (atoms::too_deep(), pybeam_core::MAX_DEPTH)).encode(env)
-        }
-        Err(DecodeError::BadArg(why)) => return (atoms::badarg(), why).encode(env),
+        Err(e) => return decode_error(env, e),
     };
-    let alias = keep.keep(alias);
-    let req = Request { id, reply: ReplyTo { _keep: keep, alias }, job };
+    let req = Request { id, reply: ReplyTo::new(reply_to), job };
     match lp.lp.submit(req) {
         Ok(()) => atoms::ok().encode(env),
         Err(SubmitError::Overloaded(_)) => (atoms::error(), atoms::overloaded()).encode(env),
         Err(SubmitError::Closed(_)) => (atoms::error(), atoms::loop_destroyed()).encode(env),
+    }
+}
+
+/// `submit_many(Loop, [{Id, ReplyTo, Job}])`: all requests in one NIF call, queued all
+/// together or not at all (`{error, overloaded}`); `dirty` as for `submit/4`.
+#[rustler::nif]
+fn submit_many<'a>(env: Env<'a>, lp: ResourceArc<LoopResource>, requests: Term<'a>) -> Term<'a> {
+    submit_many_with_budget(env, &lp, requests, Some(NORMAL_BUDGET))
+}
+
+#[rustler::nif(schedule = "DirtyCpu")]
+fn submit_many_dirty<'a>(env: Env<'a>, lp: ResourceArc<LoopResource>, requests: Term<'a>) -> Term<'a> {
+    submit_many_with_budget(env, &lp, requests, None)
+}
+
+fn submit_many_with_budget<'a>(
+    env: Env<'a>,
+    lp: &LoopResource,
+    requests: Term<'a>,
+    budget: Option<usize>,
+) -> Term<'a> {
+    if lp.lp.is_closed() {
+        return (atoms::error(), atoms::loop_destroyed()).encode(env);
+    }
+    let Ok(items) = requests.decode::<rustler::ListIterator>() else {
+        return (atoms::badarg(), "requests must be a list").encode(env);
+    };
+    // One budget for the whole batch: a big batch goes to a dirty scheduler as a whole.
+    let mut left = budget;
+    let mut reqs = Vec::new();
+    for item in items {
+        let parts = match rustler::types::tuple::get_tuple(item) {
+            Ok(parts) if parts.len() == 3 => parts,
+            _ => return (atoms::badarg(), "each request must be {Id, ReplyTo, Job}").encode(env),
+        };
+        let (id, reply_to, job) = (parts[0], parts[1], parts[2]);
+        let Ok(id) = id.decode::<u64>() else {
+            return (atoms::badarg(), "a callback id must be a positive integer").encode(env);
+        };
+        let mut decoder = Decoder::new(left);
+        let job = match decoder.job(job) {
+            Ok(job) => job,
+            Err(e) => return decode_error(env, e),
+        };
+        left = decoder.budget_left();
+        reqs.push(Request { id, reply: ReplyTo::new(reply_to), job });
+    }
+    match lp.lp.submit_many(reqs) {
+        Ok(()) => atoms::ok().encode(env),
+        Err(SubmitError::Overloaded(_)) => (atoms::error(), atoms::overloaded()).encode(env),
+        Err(SubmitError::Closed(_)) => (atoms::error(), atoms::loop_destroyed()).encode(env),
+    }
+}
+
+fn decode_error<'a>(env: Env<'a>, e: DecodeError<'a>) -> Term<'a> {
+    match e {
+        DecodeError::NeedsDirty => atoms::dirty().encode(env),
+        DecodeError::Unsupported(t) => (atoms::error(), (atoms::unsupported_term(), t)).encode(env),
+        DecodeError::TooDeep => (atoms::error(), (atoms::too_deep(), pybeam_core::MAX_DEPTH)).encode(env),
+        DecodeError::BadArg(why) => (atoms::badarg(), why).encode(env),
     }
 }
 
