@@ -11,7 +11,9 @@
 %% - timers (coalesced per millisecond, see `py_timer_set');
 %% - fd readiness (`enif_select' messages come straight here, see `py_ep_fds');
 %% - child processes (`py_ep_children') and sockets (`py_ep_sockets');
-%% - the waiters blocked in `py_event_loop_v2:poll/2'.
+%% - the waiters blocked in `py_event_loop_v2:poll/2', and the loop's own asyncio loop,
+%%   which tells this process what to watch and when to wake it (`{'$py_loop_cmds', Cmds}')
+%%   and gets its fd readiness and wake-ups in one NIF call per message handled.
 %%
 %% Events queue in arrival order until a poller takes them all at once.
 %%
@@ -42,7 +44,12 @@
     fd_delivered = [] :: [{integer(), read | write}],
     children = py_ep_children:new() :: py_ep_children:t(),
     sockets = py_ep_sockets:new() :: py_ep_sockets:t(),
-    serial = 0 :: non_neg_integer()
+    serial = 0 :: non_neg_integer(),
+    %% what the loop's own asyncio loop gets, newest first: delivered in one NIF call
+    native_out = [] :: [{integer(), read | write} | {failed, integer(), read | write} | wakeup],
+    native_wakeup :: reference() | undefined,
+    %% false for a loop made from Python code: a thread of Python's runs it
+    threaded = true :: boolean()
 }).
 
 -type opts() :: #{default_index => pos_integer(),
@@ -100,7 +107,7 @@ init(Starter, Opts, Link) ->
                             capacity => application:get_env(pybeam, queue_capacity, 20000),
                             spin_us => application:get_env(pybeam, spin_us, 50),
                             index => maps:get(default_index, Opts, 0)},
-                          maps:with([max_batch, capacity, spin_us], Opts)),
+                          maps:with([max_batch, capacity, spin_us, thread, token], Opts)),
     case py_nif:loop_new(self(), LoopOpts) of
         {ok, Loop} ->
             case Opts of
@@ -113,7 +120,8 @@ init(Starter, Opts, Link) ->
                        end,
             Parent = case Link of linked -> Starter; unlinked -> undefined end,
             proc_lib:init_ack(Starter, {ok, self()}),
-            loop(#state{loop = Loop, parent = Parent, owner_mon = OwnerMon});
+            loop(#state{loop = Loop, parent = Parent, owner_mon = OwnerMon,
+                        threaded = maps:get(thread, Opts, true)});
         {error, Reason} ->
             proc_lib:init_ack(Starter, {error, Reason}),
             exit(normal)
@@ -136,6 +144,10 @@ loop(S) ->
             next(tick(Deadline, S));
         {'$py_fd', Fd, Dir, Serial} ->
             next(fd_ready(Fd, Dir, Serial, S));
+        {'$py_loop_cmds', Cmds} ->
+            next(lists:foldl(fun loop_command/2, S, Cmds));
+        {timeout, Ref, '$py_native_wakeup'} when Ref =:= S#state.native_wakeup ->
+            next(S#state{native_wakeup = undefined, native_out = [wakeup | S#state.native_out]});
         {'$py_child', Id, Stream} ->
             {Events, Children} = py_ep_children:ready(Id, Stream, S#state.children),
             next(enqueue_all(Events, S#state{children = Children}));
@@ -162,13 +174,48 @@ loop(S) ->
             end
     end.
 
-%% After each message: hand the queued events to the first waiter, if any.
-next(#state{count = 0} = S) ->
+%% After each message: what the loop's asyncio loop gets goes in one NIF call, and the
+%% queued events go to the first waiter, if any.
+next(#state{native_out = []} = S) ->
+    to_waiters(S);
+next(#state{native_out = Out, loop = Loop} = S) ->
+    ok = py_nif:deliver_events(Loop, lists:reverse(Out)),
+    to_waiters(S#state{native_out = []}).
+
+to_waiters(#state{count = 0} = S) ->
     loop(S);
-next(#state{waiters = []} = S) ->
+to_waiters(#state{waiters = []} = S) ->
     loop(S);
-next(S) ->
+to_waiters(S) ->
     loop(deliver(S)).
+
+%%% The loop's own asyncio loop
+
+loop_command({watch, Fd, Dir}, #state{fds = Fds, serial = Serial} = S) ->
+    case py_ep_fds:add(Fd, Dir, native, Serial + 1, Fds) of
+        {ok, Fds1} -> S#state{fds = Fds1, serial = Serial + 1};
+        {error, _} -> S#state{native_out = [{failed, Fd, Dir} | S#state.native_out]}
+    end;
+loop_command({unwatch, Fd, Dir}, #state{fds = Fds} = S) ->
+    case py_ep_fds:remove(Fd, Dir, Fds) of
+        {ok, _Id, _Pending, Fds1} -> S#state{fds = Fds1};
+        {error, not_registered} -> S
+    end;
+loop_command({rearm, Fd, Dir}, #state{fds = Fds} = S) ->
+    S#state{fds = py_ep_fds:rearm([{Fd, Dir}], Fds)};
+loop_command({wake_after, Micros}, S) ->
+    cancel_native_wakeup(S),
+    Deadline = (erlang:monotonic_time(microsecond) + Micros + 999) div 1000,
+    Ref = erlang:start_timer(Deadline, self(), '$py_native_wakeup', [{abs, true}]),
+    S#state{native_wakeup = Ref};
+loop_command(wake_cancel, S) ->
+    cancel_native_wakeup(S),
+    S#state{native_wakeup = undefined}.
+
+cancel_native_wakeup(#state{native_wakeup = undefined}) -> ok;
+cancel_native_wakeup(#state{native_wakeup = Ref}) ->
+    _ = erlang:cancel_timer(Ref, [{async, true}, {info, false}]),
+    ok.
 
 %%% Replies and call results
 
@@ -220,6 +267,9 @@ cancel_timer(Deadline, Id, Ref, #state{timers = Timers} = S) ->
 
 fd_ready(Fd, Dir, Serial, #state{fds = Fds} = S) ->
     case py_ep_fds:ready(Fd, Dir, Serial, Fds) of
+        {event, {native, Dir}, Fds1} ->
+            %% The loop's asyncio loop re-arms it itself, once its callback has run.
+            S#state{fds = Fds1, native_out = [{Fd, Dir} | S#state.native_out]};
         {event, Event, Fds1} ->
             enqueue(Event, S#state{fds = Fds1, fd_events = [{Fd, Dir} | S#state.fd_events]});
         {stale, Fds1} ->
@@ -396,6 +446,9 @@ counters(S) ->
 %% The loop thread ended without being asked to (this process closes the loop only on its
 %% way out): it goes down with it, so that callers and the supervisor learn of it.
 -spec loop_exited(normal | {crash, binary()}, #state{}) -> no_return().
+loop_exited(normal, #state{threaded = false} = S) ->
+    %% A loop made from Python was closed by its Python code.
+    shutdown(normal, S);
 loop_exited(normal, S) ->
     shutdown(loop_thread_stopped, S);
 loop_exited({crash, Msg}, S) ->

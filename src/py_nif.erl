@@ -6,7 +6,7 @@
 -export([init_python/1, python_info/0,
          loop_new/2, submit/4, submit_dirty/4, cancel/2, loop_close/1, loop_stats/1,
          reaper_pending/0, noop/0, noop_dirty/0]).
--export([submit_many/2, submit_many_dirty/2]).
+-export([submit_many/2, submit_many_dirty/2, deliver_events/2, link_failed/2]).
 -export([fd_watch/1, fd_select/3, fd_cancel/2, fd_stop/1, fd_read/2, fd_write/2,
          spawn_child/2, child_wait/1, child_kill/2]).
 
@@ -15,6 +15,7 @@
 -nifs([init_python/1, python_info/0,
        loop_new/2, submit/4, submit_dirty/4, cancel/2, loop_close/1, loop_stats/1,
        reaper_pending/0, noop/0, noop_dirty/0, submit_many/2, submit_many_dirty/2,
+       deliver_events/2, link_failed/2,
        fd_watch/1, fd_select/3, fd_cancel/2, fd_stop/1, fd_read/2, fd_write/2,
        spawn_child/2, child_wait/1, child_kill/2]).
 
@@ -67,6 +68,16 @@ submit_many(_Loop, _Requests) -> ?NOT_LOADED.
 -spec submit_many_dirty(loop(), [{pos_integer(), reference() | event, tuple()}]) ->
     ok | {error, term()} | {badarg, binary()}.
 submit_many_dirty(_Loop, _Requests) -> ?NOT_LOADED.
+
+%% @doc What the event process has for the loop's asyncio loop, in one call: fd readiness
+%% `{Fd, read | write}', `{failed, Fd, read | write}', or `wakeup'.
+-spec deliver_events(loop(), [{integer(), read | write} | {failed, integer(), read | write} | wakeup]) ->
+    ok | {badarg, binary()}.
+deliver_events(_Loop, _Events) -> ?NOT_LOADED.
+
+%% @doc The event process Python code asked for (token) could not be made.
+-spec link_failed(pos_integer(), binary()) -> ok.
+link_failed(_Token, _Reason) -> ?NOT_LOADED.
 
 -spec cancel(loop(), pos_integer()) -> ok.
 cancel(_Loop, _Id) -> ?NOT_LOADED.

@@ -25,4 +25,7 @@ init([]) ->
                 start => {py_loop_sup, start_link, []},
                 type => supervisor,
                 modules => [py_loop_sup]},
-    {ok, {#{strategy => one_for_one, intensity => 10, period => 10}, [LoopSup | Loops]}}.
+    Manager = #{id => py_loop_manager,
+                start => {py_loop_manager, start_link, []},
+                modules => [py_loop_manager]},
+    {ok, {#{strategy => one_for_one, intensity => 10, period => 10}, [LoopSup, Manager | Loops]}}.

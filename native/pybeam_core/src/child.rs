@@ -46,6 +46,9 @@ pub struct SpawnSpec {
     pub stderr: Stdio,
     /// Put the child in a new session (and process group), as `start_new_session`.
     pub new_session: bool,
+    /// Close every fd above 2 in the child (Popen's `close_fds`), except `pass_fds`.
+    pub close_fds: bool,
+    pub pass_fds: Vec<RawFd>,
 }
 
 #[derive(Debug)]
@@ -138,6 +141,9 @@ struct ChildArgs {
     cwd: *const libc::c_char,
     ends: [ChildEnd; 3],
     new_session: bool,
+    close_fds: bool,
+    pass_fds: *const RawFd,
+    pass_fds_len: usize,
     err_w: RawFd,
 }
 
@@ -202,6 +208,9 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Child> {
         cwd: spec.cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
         ends,
         new_session: spec.new_session,
+        close_fds: spec.close_fds,
+        pass_fds: spec.pass_fds.as_ptr(),
+        pass_fds_len: spec.pass_fds.len(),
         err_w: err_w.as_raw_fd(),
     };
     let mut stack = vec![0u8; CHILD_STACK];
@@ -304,6 +313,18 @@ unsafe fn exec_child(a: &ChildArgs) -> ! {
                 libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
             } else if libc::dup2(fd, target as RawFd) < 0 {
                 fail(a.err_w);
+            }
+        }
+    }
+    if a.close_fds {
+        // Marked close-on-exec rather than closed, so that `err_w` still reports a failed
+        // exec; the BEAM's own fds must not leak into the child.
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+        for i in 0..a.pass_fds_len {
+            let fd = *a.pass_fds.add(i);
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
             }
         }
     }

@@ -1,7 +1,8 @@
 //! What a request asks the loop thread to do, and how it is done under the GIL.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
+
+use parking_lot::Mutex;
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
@@ -45,7 +46,7 @@ pub type Outcome = Result<Value, CallError>;
 /// Python strings for names already seen.
 pub struct Executor {
     globals: Py<PyDict>,
-    names: RefCell<HashMap<String, Py<PyString>>>,
+    names: Mutex<HashMap<String, Py<PyString>>>,
 }
 
 /// Names cached per loop; past this the cache starts over rather than grow without bound.
@@ -56,13 +57,13 @@ impl Executor {
         let globals = PyDict::new(py);
         globals.set_item("__builtins__", py.import("builtins")?)?;
         globals.set_item("__name__", "__pybeam__")?;
-        Ok(Executor { globals: globals.unbind(), names: RefCell::new(HashMap::new()) })
+        Ok(Executor { globals: globals.unbind(), names: Mutex::new(HashMap::new()) })
     }
 
     /// The interned Python string for a module or attribute name. Creating it per call
     /// (allocation, UTF-8 decoding, hashing on dict lookup) cost more than the lookup here.
     fn name<'py>(&self, py: Python<'py>, name: &str) -> Bound<'py, PyString> {
-        let mut names = self.names.borrow_mut();
+        let mut names = self.names.lock();
         if let Some(s) = names.get(name) {
             return s.bind(py).clone();
         }

@@ -1,6 +1,7 @@
 //! pybeam's core: everything that runs without the BEAM, so that `cargo test` covers it.
 //!
 //! - `interpreter`: the one embedded CPython, initialised once and never finalised.
+//! - `aio`: the native core of the asyncio loop that runs on each loop.
 //! - `child`: child processes that can be reaped although the BEAM ignores SIGCHLD.
 //! - `value`: the owned term type that crosses threads.
 //! - `convert`: `Value` <-> Python objects.
@@ -11,6 +12,7 @@
 //! - `pymodule`: `_pybeam`, the native half of the Python `erlang` package.
 //! - `reaper`: releasing Python-owned buffers that Erlang no longer references.
 
+pub mod aio;
 pub mod child;
 pub mod convert;
 pub mod interpreter;

@@ -1,35 +1,46 @@
-//! One loop: a bounded request queue and the OS thread that serves it.
+//! One native loop: a bounded request queue, what its event process delivers, and (for a
+//! loop made from Erlang) the OS thread that serves both.
 //!
-//! The thread takes up to `max_batch` requests, runs them under one GIL hold, releases the
-//! GIL, and hands every completion of the batch to the host at once (one message). When the
-//! queue is empty it spins briefly, because a cross-thread wake-up costs tens of microseconds
-//! on small VMs and a sequential caller is usually back within a few, then parks.
+//! A threaded loop's thread runs an asyncio `erlang.ErlangEventLoop` for its whole life.
+//! Each iteration of that loop (`LoopCore::_run_once`) waits here, GIL released, for
+//! requests, deliveries from the event process, or a wake-up; then serves up to
+//! `max_batch` requests under the GIL it holds, then runs due timers and up to `max_batch`
+//! ready callbacks. Every completion of a batch goes to the host at once (one message).
 //!
-//! The body of one iteration is `serve_batch`; the asyncio loop runs its ready callbacks in
-//! the same iteration, so sync requests and asyncio callbacks share the thread fairly.
+//! Idle, the thread spins briefly before parking, because a cross-thread wake-up costs
+//! tens of microseconds on small VMs and a sequential caller is usually back within a few.
+//!
+//! A loop made from Python (`erlang.new_event_loop()`) has no thread of its own: the thread
+//! that runs it waits here the same way.
 
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 
+use crate::aio::link::{Command, Delivered, LinkHandle, LinkOps};
 use crate::interpreter::ThreadAttachment;
 use crate::interrupt::{interrupt, RunState};
 use crate::jobs::{CallError, Executor, Job, Outcome};
 use crate::mailbox::Mailbox;
 
-/// The BEAM-facing side of a loop: where completions go.
+/// The BEAM-facing side of a loop: where completions and commands go.
 pub trait Host: Send + Sync + 'static {
     /// Whatever routes a result back to its caller (for the NIF: the caller's alias).
     type Reply: Send + 'static;
     /// Receives every completion that is ready, in one call; called without the GIL.
     /// Must leave `done` empty.
     fn deliver(&self, done: &mut Vec<Completion<Self::Reply>>);
-    /// The loop thread has ended: `None` when closed, `Some(why)` when it crashed.
+    /// Sends the loop's queued commands to its event process, in one message; must leave
+    /// `commands` empty.
+    fn send_commands(&self, commands: &mut Vec<Command>);
+    /// The loop has ended: `None` when closed, `Some(why)` when its thread crashed.
     fn exited(&self, crash: Option<String>);
 }
 
@@ -48,11 +59,11 @@ pub struct Completion<R> {
 #[derive(Clone, Debug)]
 pub struct LoopConfig {
     pub name: String,
-    /// Most requests run per GIL hold.
+    /// Most requests, and most ready callbacks, run per iteration (per GIL hold).
     pub max_batch: usize,
     /// Queue bound; a full queue answers `overloaded`.
     pub capacity: usize,
-    /// How long an idle thread polls the queue before parking.
+    /// How long an idle loop polls before parking.
     pub spin: Duration,
 }
 
@@ -98,8 +109,17 @@ pub struct Loop<H: Host> {
     config: LoopConfig,
     host: H,
     requests: Mailbox<Request<H::Reply>>,
+    /// What the event process delivered and the loop has not taken yet.
+    inbox: Mutex<Vec<Delivered>>,
+    inbox_full: AtomicBool,
+    /// Set by `wake` (call_soon_threadsafe), consumed by the waiting thread.
+    woken: AtomicBool,
+    /// The thread currently (or last) waiting in `wait`.
+    waiter: Mutex<Option<Thread>>,
+    commands: Mutex<Vec<Command>>,
     closing: AtomicBool,
     run_state: Arc<RunState>,
+    executor: OnceLock<Executor>,
     cancelled: Mutex<Vec<Cancelled>>,
     cancelled_count: AtomicUsize,
     started: AtomicU64,
@@ -110,14 +130,19 @@ pub struct Loop<H: Host> {
 }
 
 impl<H: Host> Loop<H> {
-    /// Creates the loop and starts its thread.
-    pub fn start(config: LoopConfig, host: H) -> io::Result<Arc<Self>> {
-        let lp = Arc::new(Loop {
+    fn build(config: LoopConfig, host: H) -> Arc<Self> {
+        Arc::new(Loop {
             requests: Mailbox::new(config.capacity),
             config,
             host,
+            inbox: Mutex::new(Vec::new()),
+            inbox_full: AtomicBool::new(false),
+            woken: AtomicBool::new(false),
+            waiter: Mutex::new(None),
+            commands: Mutex::new(Vec::new()),
             closing: AtomicBool::new(false),
             run_state: Arc::new(RunState::default()),
+            executor: OnceLock::new(),
             cancelled: Mutex::new(Vec::new()),
             cancelled_count: AtomicUsize::new(0),
             started: AtomicU64::new(0),
@@ -125,7 +150,12 @@ impl<H: Host> Loop<H> {
             completed: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
-        });
+        })
+    }
+
+    /// Creates the loop and starts its thread.
+    pub fn start(config: LoopConfig, host: H) -> io::Result<Arc<Self>> {
+        let lp = Self::build(config, host);
         let worker = lp.clone();
         let handle = std::thread::Builder::new()
             .name(lp.config.name.clone())
@@ -133,7 +163,13 @@ impl<H: Host> Loop<H> {
             .stack_size(16 << 20)
             .spawn(move || worker.thread_main())?;
         lp.requests.set_consumer(handle.thread().clone());
+        *lp.waiter.lock() = Some(handle.thread().clone());
         Ok(lp)
+    }
+
+    /// Creates a loop without a thread: a Python thread runs it (`erlang.new_event_loop()`).
+    pub fn threadless(config: LoopConfig, host: H) -> Arc<Self> {
+        Self::build(config, host)
     }
 
     pub fn host(&self) -> &H {
@@ -159,6 +195,16 @@ impl<H: Host> Loop<H> {
         self.requests.push_all(reqs).map_err(SubmitError::Overloaded)
     }
 
+    /// What the event process delivers: queued for the loop, whose thread is woken.
+    pub fn deliver(&self, events: Vec<Delivered>) {
+        if events.is_empty() {
+            return;
+        }
+        self.inbox.lock().extend(events);
+        self.inbox_full.store(true, Ordering::SeqCst);
+        self.unpark();
+    }
+
     /// The caller of `id` gave up: skip it if still queued, interrupt it if running.
     pub fn cancel(&self, id: u64) {
         {
@@ -175,11 +221,12 @@ impl<H: Host> Loop<H> {
         }
     }
 
-    /// Stops the thread after its current request, which is interrupted; requests still
+    /// Stops the loop after its current request, which is interrupted; requests still
     /// queued are answered with `CallError::Closed`.
     pub fn close(&self) {
         self.closing.store(true, Ordering::Release);
         self.requests.wake();
+        self.unpark();
         // Whoever waited for the running request has gone with the loop: stop it early.
         let running = self.run_state.running.load(Ordering::SeqCst);
         if running != 0 {
@@ -202,67 +249,72 @@ impl<H: Host> Loop<H> {
         }
     }
 
+    fn unpark(&self) {
+        if let Some(t) = &*self.waiter.lock() {
+            t.unpark();
+        }
+    }
+
     fn thread_main(self: Arc<Self>) {
         let crash = catch_unwind(AssertUnwindSafe(|| self.serve())).err().map(panic_message);
+        let mut done = Vec::new();
+        self.drain_on_close(&mut done);
         self.host.exited(crash);
     }
 
-    fn serve(&self) {
+    fn serve(self: &Arc<Self>) {
         let _attachment = ThreadAttachment::new();
-        let executor = Python::attach(|py| {
+        Python::attach(|py| {
             // SAFETY: plain query of the current thread's identifier.
             let ident = unsafe { pyo3::ffi::PyThread_get_thread_ident() };
             self.run_state.thread_ident.store(ident as u64, Ordering::SeqCst);
-            Executor::new(py)
-        });
-        let executor = match executor {
-            Ok(e) => e,
-            Err(e) => panic!("could not set up the loop's Python globals: {e}"),
-        };
-        let mut batch = Vec::with_capacity(self.config.max_batch);
-        let mut done = Vec::with_capacity(self.config.max_batch);
-        while !self.closing.load(Ordering::Acquire) {
-            if self.requests.take(self.config.max_batch, &mut batch) == 0 {
-                self.idle();
-                continue;
-            }
-            self.serve_batch(&executor, &mut batch, &mut done);
-        }
-        self.drain_on_close(&mut batch, &mut done);
-        Python::attach(|_py| drop(executor));
-    }
-
-    fn serve_batch(
-        &self,
-        executor: &Executor,
-        batch: &mut Vec<Request<H::Reply>>,
-        done: &mut Vec<Completion<H::Reply>>,
-    ) {
-        self.in_batch.store(batch.len(), Ordering::SeqCst);
-        Python::attach(|py| {
-            for req in batch.drain(..) {
-                if self.closing.load(Ordering::Acquire) {
-                    done.push(Completion { id: req.id, reply: req.reply, outcome: Err(CallError::Closed) });
-                } else if let Some(c) = self.execute(py, executor, req) {
-                    done.push(c);
+            match Executor::new(py) {
+                Ok(e) => {
+                    let _ = self.executor.set(e);
                 }
-                self.in_batch.fetch_sub(1, Ordering::SeqCst);
+                Err(e) => panic!("could not set up the loop's Python globals: {e}"),
+            }
+            match self.asyncio_loop(py) {
+                Ok(lp) => self.run_asyncio(py, &lp),
+                Err(e) => {
+                    // Without the `erlang` package the loop still serves sync calls.
+                    eprintln!("pybeam: no asyncio loop on {} ({e}); serving calls only", self.config.name);
+                    self.serve_plain(py);
+                }
             }
         });
-        self.batches.fetch_add(1, Ordering::Relaxed);
-        self.completed.fetch_add(done.len() as u64, Ordering::Relaxed);
-        if !done.is_empty() {
-            self.host.deliver(done);
-            done.clear();
+    }
+
+    fn asyncio_loop<'py>(self: &Arc<Self>, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let link = Bound::new(py, LinkHandle::new(self.clone() as Arc<dyn LinkOps>))?;
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("_link", link)?;
+        py.import("erlang._loop")?.getattr("ErlangEventLoop")?.call((), Some(&kwargs))
+    }
+
+    /// Runs the thread's asyncio loop until the native loop closes. An exception that
+    /// escapes `run_forever` (SystemExit or KeyboardInterrupt raised by a callback) is
+    /// reported and the loop goes on: only the event process ends a loop.
+    fn run_asyncio(&self, py: Python<'_>, lp: &Bound<'_, PyAny>) {
+        while !self.closing.load(Ordering::Acquire) {
+            if let Err(e) = lp.call_method0("run_forever") {
+                e.print(py);
+            }
+        }
+        if let Err(e) = lp.call_method0("close") {
+            e.print(py);
         }
     }
 
-    fn execute(
-        &self,
-        py: Python<'_>,
-        executor: &Executor,
-        req: Request<H::Reply>,
-    ) -> Option<Completion<H::Reply>> {
+    fn serve_plain(&self, py: Python<'_>) {
+        while !self.closing.load(Ordering::Acquire) {
+            if self.serve_requests(py, self.config.max_batch) == 0 {
+                py.detach(|| self.wait(None));
+            }
+        }
+    }
+
+    fn execute(&self, py: Python<'_>, executor: &Executor, req: Request<H::Reply>) -> Option<Completion<H::Reply>> {
         let Request { id, reply, job } = req;
         self.run_state.running.store(id, Ordering::SeqCst);
         let cancelled = self.take_cancelled(id);
@@ -300,32 +352,10 @@ impl<H: Host> Loop<H> {
         found.is_some()
     }
 
-    fn idle(&self) {
-        let until = Instant::now() + self.config.spin;
-        loop {
-            // Reading the clock costs about 90 ns on these VMs: poll the queue in between.
-            for _ in 0..64 {
-                if !self.requests.is_empty() || self.closing.load(Ordering::Acquire) {
-                    return;
-                }
-                std::hint::spin_loop();
-            }
-            if Instant::now() >= until {
-                break;
-            }
-        }
-        if self.requests.is_empty() && !self.closing.load(Ordering::Acquire) {
-            std::thread::park();
-        }
-    }
-
     /// Answers everything still queued, so that no caller waits for a loop that is gone.
-    fn drain_on_close(
-        &self,
-        batch: &mut Vec<Request<H::Reply>>,
-        done: &mut Vec<Completion<H::Reply>>,
-    ) {
-        while self.requests.take(self.config.max_batch, batch) > 0 {
+    fn drain_on_close(&self, done: &mut Vec<Completion<H::Reply>>) {
+        let mut batch = Vec::new();
+        while self.requests.take(self.config.max_batch, &mut batch) > 0 {
             done.extend(batch.drain(..).map(|r| Completion {
                 id: r.id,
                 reply: r.reply,
@@ -334,6 +364,122 @@ impl<H: Host> Loop<H> {
             self.host.deliver(done);
             done.clear();
         }
+    }
+
+    fn has_work(&self) -> bool {
+        self.inbox_full.load(Ordering::SeqCst)
+            || !self.requests.is_empty()
+            || self.woken.load(Ordering::SeqCst)
+            || self.closing.load(Ordering::Acquire)
+    }
+
+    fn take_inbox(&self) -> Vec<Delivered> {
+        self.woken.store(false, Ordering::SeqCst);
+        if !self.inbox_full.swap(false, Ordering::SeqCst) {
+            return Vec::new();
+        }
+        std::mem::take(&mut *self.inbox.lock())
+    }
+}
+
+impl<H: Host> LinkOps for Loop<H> {
+    fn command(&self, cmd: Command) {
+        self.commands.lock().push(cmd);
+    }
+
+    fn flush(&self) {
+        let mut commands = std::mem::take(&mut *self.commands.lock());
+        if !commands.is_empty() {
+            self.host.send_commands(&mut commands);
+        }
+    }
+
+    fn wait(&self, timeout: Option<Duration>) -> Vec<Delivered> {
+        if self.has_work() || timeout == Some(Duration::ZERO) {
+            return self.take_inbox();
+        }
+        *self.waiter.lock() = Some(std::thread::current());
+        let now = Instant::now();
+        let deadline = timeout.map(|t| now + t);
+        // Spin first: a reply to what this loop just did is often only microseconds away.
+        // Reading the clock costs about 90 ns on these VMs, so poll in between.
+        let spin_until = now + self.config.spin;
+        'spin: loop {
+            for _ in 0..64 {
+                if self.has_work() {
+                    return self.take_inbox();
+                }
+                std::hint::spin_loop();
+            }
+            let now = Instant::now();
+            if now >= spin_until || deadline.is_some_and(|d| now >= d) {
+                break 'spin;
+            }
+        }
+        while !self.has_work() {
+            match deadline {
+                None => std::thread::park(),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        break;
+                    }
+                    std::thread::park_timeout(d - now);
+                }
+            }
+        }
+        self.take_inbox()
+    }
+
+    fn wake(&self) {
+        self.woken.store(true, Ordering::SeqCst);
+        self.unpark();
+    }
+
+    fn has_requests(&self) -> bool {
+        !self.requests.is_empty()
+    }
+
+    fn serve_requests(&self, py: Python<'_>, max: usize) -> usize {
+        let Some(executor) = self.executor.get() else { return 0 };
+        let mut batch = Vec::with_capacity(max.min(1024));
+        let n = self.requests.take(max, &mut batch);
+        if n == 0 {
+            return 0;
+        }
+        self.in_batch.store(n, Ordering::SeqCst);
+        let mut done = Vec::with_capacity(n);
+        for req in batch.drain(..) {
+            if self.closing.load(Ordering::Acquire) {
+                done.push(Completion { id: req.id, reply: req.reply, outcome: Err(CallError::Closed) });
+            } else if let Some(c) = self.execute(py, executor, req) {
+                done.push(c);
+            }
+            self.in_batch.fetch_sub(1, Ordering::SeqCst);
+        }
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.completed.fetch_add(done.len() as u64, Ordering::Relaxed);
+        if !done.is_empty() {
+            py.detach(|| self.host.deliver(&mut done));
+        }
+        n
+    }
+
+    fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    fn close(&self) {
+        // A threaded loop is closed by its event process; a loop made from Python tells
+        // its event process that it is done.
+        if !self.closing.swap(true, Ordering::AcqRel) {
+            self.unpark();
+            self.host.exited(None);
+        }
+    }
+
+    fn max_batch(&self) -> usize {
+        self.config.max_batch
     }
 }
 

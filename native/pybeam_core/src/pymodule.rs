@@ -62,6 +62,15 @@ pub fn _pybeam(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<Pid>()?;
     m.add_class::<Ref>()?;
+    m.add_class::<crate::aio::handle::Handle>()?;
+    m.add_class::<crate::aio::handle::TimerHandle>()?;
+    m.add_class::<crate::aio::core::LoopCore>()?;
+    m.add_class::<crate::aio::core::ReadyView>()?;
+    m.add_class::<crate::aio::core::ScheduledView>()?;
+    m.add_class::<crate::aio::link::LinkHandle>()?;
+    m.add_function(pyo3::wrap_pyfunction!(crate::aio::process::spawn, m)?)?;
+    m.add_function(pyo3::wrap_pyfunction!(crate::aio::process::child_poll, m)?)?;
+    m.add_function(pyo3::wrap_pyfunction!(crate::aio::process::child_signal, m)?)?;
     m.add("CallTimeout", py.get_type::<CallTimeout>())?;
     let scope = PyDict::new(py);
     py.run(ATOM_SOURCE, Some(&scope), None)?;

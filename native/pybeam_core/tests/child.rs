@@ -20,6 +20,8 @@ fn spec(argv: &[&str]) -> SpawnSpec {
         stdout: Stdio::Pipe,
         stderr: Stdio::Pipe,
         new_session: false,
+        close_fds: true,
+        pass_fds: vec![],
     }
 }
 
@@ -173,6 +175,33 @@ fn a_missing_program_is_an_error_not_a_child() {
     assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
     let err = spawn(&spec(&["no-such-program-on-path"])).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+}
+
+#[test]
+fn close_fds_keeps_only_the_standard_streams_and_pass_fds() {
+    ignore_sigchld_like_the_beam();
+    // An inheritable fd of the parent's, as a leaked BEAM fd would be.
+    let mut fds = [0; 2];
+    // SAFETY: pipe() into a two-int buffer, without CLOEXEC on purpose.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let list = |close_fds: bool, pass: Vec<i32>| {
+        let mut s = spec(&["sh", "-c", "ls /proc/self/fd"]);
+        s.close_fds = close_fds;
+        s.pass_fds = pass;
+        let child = spawn(&s).unwrap();
+        let mut fds: Vec<i32> = read_all(child.stdout.unwrap()).split_whitespace().map(|f| f.parse().unwrap()).collect();
+        fds.sort();
+        fds
+    };
+    // 0-2 and the fd `ls` opens to read the directory (3).
+    assert_eq!(list(true, vec![]), vec![0, 1, 2, 3]);
+    assert!(list(true, vec![fds[1]]).contains(&fds[1]));
+    assert!(list(false, vec![]).contains(&fds[0]));
+    // SAFETY: closing the two fds made above.
+    unsafe {
+        libc::close(fds[0]);
+        libc::close(fds[1]);
+    }
 }
 
 #[test]

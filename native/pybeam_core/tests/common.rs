@@ -7,7 +7,10 @@ static INIT: Once = Once::new();
 
 pub fn python() {
     INIT.call_once(|| {
-        initialize(&InterpreterConfig::default()).expect("interpreter starts");
+        // The `erlang` package, so that loop threads run their asyncio loop as in production.
+        let priv_python = concat!(env!("CARGO_MANIFEST_DIR"), "/../../priv/python").to_string();
+        let config = InterpreterConfig { python_path: vec![priv_python], venv: None };
+        initialize(&config).expect("interpreter starts");
     });
 }
 

@@ -65,6 +65,8 @@ fn spec(argv: Term<'_>, opts: Term<'_>) -> Result<SpawnSpec, &'static str> {
         stdout: stdio(opts, "stdout", Stdio::Pipe)?,
         stderr: stdio(opts, "stderr", Stdio::Pipe)?,
         new_session,
+        close_fds: true,
+        pass_fds: Vec::new(),
     })
 }
 

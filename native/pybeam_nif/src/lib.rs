@@ -6,6 +6,7 @@ mod child_nif;
 mod decode;
 mod encode;
 mod kept_env;
+mod link_factory;
 mod loop_nif;
 mod runtime_nif;
 mod select;
@@ -19,6 +20,7 @@ fn load(env: Env, _info: Term) -> bool {
         eprintln!("pybeam: {e}");
         return false;
     }
+    pybeam_core::aio::link::set_link_factory(Box::new(link_factory::new_link));
     select::open_type(env)
 }
 

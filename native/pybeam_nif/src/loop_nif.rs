@@ -16,6 +16,7 @@ use rustler::sys::{enif_make_copy, ErlNifTerm};
 use rustler::types::tuple::make_tuple;
 use rustler::{Encoder, Env, LocalPid, Monitor, OwnedEnv, Resource, ResourceArc, Term};
 
+use pybeam_core::aio::link::{Command, Delivered, Dir};
 use pybeam_core::{Completion, Host, Loop, LoopConfig, Request, SubmitError};
 
 use crate::atoms;
@@ -82,6 +83,14 @@ impl Host for NifHost {
         });
     }
 
+    fn send_commands(&self, commands: &mut Vec<Command>) {
+        let mut env = self.msg_env.lock();
+        let _ = env.send_and_clear(&self.event_proc, |env| {
+            let cmds: Vec<Term> = commands.drain(..).map(|c| command_term(env, &c)).collect();
+            (atoms::py_loop_cmds(), cmds).encode(env)
+        });
+    }
+
     fn exited(&self, crash: Option<String>) {
         let mut env = self.msg_env.lock();
         let _ = env.send_and_clear(&self.event_proc, |env| {
@@ -91,6 +100,24 @@ impl Host for NifHost {
             };
             (atoms::py_loop_exit(), why).encode(env)
         });
+    }
+}
+
+fn dir_atom(dir: Dir) -> rustler::Atom {
+    match dir {
+        Dir::Read => atoms::read(),
+        Dir::Write => atoms::write(),
+    }
+}
+
+/// `{watch | unwatch | rearm, Fd, read | write}`, `{wake_after, Microseconds}`, `wake_cancel`.
+fn command_term<'a>(env: Env<'a>, c: &Command) -> Term<'a> {
+    match c {
+        Command::Watch(fd, d) => (atoms::watch(), *fd, dir_atom(*d)).encode(env),
+        Command::Unwatch(fd, d) => (atoms::unwatch(), *fd, dir_atom(*d)).encode(env),
+        Command::Rearm(fd, d) => (atoms::rearm(), *fd, dir_atom(*d)).encode(env),
+        Command::WakeAt(Some(after)) => (atoms::wake_after(), after.as_micros() as u64).encode(env),
+        Command::WakeAt(None) => atoms::wake_cancel().encode(env),
     }
 }
 
@@ -123,6 +150,10 @@ impl Drop for LoopResource {
     }
 }
 
+fn opt_atom<'a>(opts: Term<'a>, key: &str) -> Option<Term<'a>> {
+    rustler::Atom::from_str(opts.get_env(), key).ok().and_then(|k| opts.map_get(k).ok())
+}
+
 fn opt_u64(opts: Term<'_>, key: &str, default: u64) -> u64 {
     let env = opts.get_env();
     rustler::Atom::from_str(env, key)
@@ -147,10 +178,22 @@ fn loop_new<'a>(env: Env<'a>, event_proc: LocalPid, opts: Term<'a>) -> Term<'a> 
         spin: Duration::from_micros(opt_u64(opts, "spin_us", defaults.spin.as_micros() as u64).min(10_000)),
     };
     let host = NifHost { event_proc, msg_env: Mutex::new(OwnedEnv::new()) };
-    let lp = match Loop::start(config, host) {
-        Ok(lp) => lp,
-        Err(e) => return (atoms::error(), encode::binary(env, e.to_string().as_bytes())).encode(env),
+    let threaded = opt_atom(opts, "thread").map(|t| atoms::false_() != t).unwrap_or(true);
+    let lp = if threaded {
+        match Loop::start(config, host) {
+            Ok(lp) => lp,
+            Err(e) => return (atoms::error(), encode::binary(env, e.to_string().as_bytes())).encode(env),
+        }
+    } else {
+        Loop::threadless(config, host)
     };
+    // A loop asked for by Python code: hand it to the thread that waits for it.
+    if let Some(token) = opt_atom(opts, "token").and_then(|t| t.decode::<u64>().ok()) {
+        if !crate::link_factory::complete(token, Ok(lp.clone())) {
+            lp.close();
+            return (atoms::error(), atoms::loop_destroyed()).encode(env);
+        }
+    }
     let resource = ResourceArc::new(LoopResource { lp: lp.clone() });
     if env.monitor(&resource, &event_proc).is_none() {
         lp.close();
@@ -199,6 +242,55 @@ fn submit_with_budget<'a>(
         Err(SubmitError::Overloaded(_)) => (atoms::error(), atoms::overloaded()).encode(env),
         Err(SubmitError::Closed(_)) => (atoms::error(), atoms::loop_destroyed()).encode(env),
     }
+}
+
+/// `deliver_events(Loop, Events)`: what the event process has for the loop, in one call;
+/// wakes the loop's thread only if it is parked. Events: `{Fd, read | write}` (ready),
+/// `{failed, Fd, read | write}` (could not be watched), `wakeup`.
+#[rustler::nif]
+fn deliver_events<'a>(env: Env<'a>, lp: ResourceArc<LoopResource>, events: Term<'a>) -> Term<'a> {
+    let Ok(items) = events.decode::<rustler::ListIterator>() else {
+        return (atoms::badarg(), "events must be a list").encode(env);
+    };
+    let mut out = Vec::new();
+    for item in items {
+        if atoms::wakeup() == item {
+            out.push(Delivered::Wakeup);
+            continue;
+        }
+        let parts = rustler::types::tuple::get_tuple(item).unwrap_or_default();
+        let parsed = match parts.as_slice() {
+            [fd, d] => fd.decode::<i32>().ok().zip(dir_of(*d)).map(|(fd, d)| Delivered::Ready(fd, d)),
+            [tag, fd, d] if atoms::failed() == *tag => {
+                fd.decode::<i32>().ok().zip(dir_of(*d)).map(|(fd, d)| Delivered::Failed(fd, d))
+            }
+            _ => None,
+        };
+        match parsed {
+            Some(d) => out.push(d),
+            None => return (atoms::badarg(), "unknown event").encode(env),
+        }
+    }
+    lp.lp.deliver(out);
+    atoms::ok().encode(env)
+}
+
+fn dir_of(t: Term<'_>) -> Option<Dir> {
+    if atoms::read() == t {
+        Some(Dir::Read)
+    } else if atoms::write() == t {
+        Some(Dir::Write)
+    } else {
+        None
+    }
+}
+
+/// `link_failed(Token, Reason)`: the BEAM could not make the event process that Python code
+/// asked for; the waiting `ErlangEventLoop()` raises `RuntimeError(Reason)`.
+#[rustler::nif]
+fn link_failed(token: u64, reason: String) -> rustler::Atom {
+    crate::link_factory::complete(token, Err(reason));
+    atoms::ok()
 }
 
 /// `submit_many(Loop, [{Id, ReplyTo, Job}])`: all requests in one NIF call, queued all

@@ -1,0 +1,295 @@
+//! Native `Handle` and `TimerHandle`: what `call_soon`, `call_later` and `call_at` return.
+//!
+//! They behave as `asyncio.Handle` and `asyncio.TimerHandle` do (cancel, cancelled,
+//! get_context, when, ordering, repr, the `_callback`/`_args`/`_cancelled`/... attributes),
+//! but are not subclasses of them: asyncio's are pure Python with `__slots__`, which a
+//! native class cannot extend. Running one is a native call: no Python frame of ours.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::Mutex;
+use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::pyclass::CompareOp;
+use pyo3::types::{PyDict, PyTuple};
+
+use super::helpers;
+
+struct Callback {
+    callback: Py<PyAny>,
+    args: Py<PyTuple>,
+}
+
+#[pyclass(module = "erlang", name = "Handle", subclass, frozen, weakref)]
+pub struct Handle {
+    /// Cleared on cancel, as asyncio does, to break reference cycles.
+    callback: Mutex<Option<Callback>>,
+    context: Py<PyAny>,
+    loop_: Py<PyAny>,
+    cancelled: AtomicBool,
+    source_traceback: Option<Py<PyAny>>,
+    /// The repr frozen at cancel time in debug mode (asyncio keeps it for logs).
+    repr: Mutex<Option<String>>,
+}
+
+impl Handle {
+    /// A handle for `callback(*args)` in `context` (a copy of the current one if None).
+    pub fn build(
+        py: Python<'_>,
+        callback: Py<PyAny>,
+        args: Py<PyTuple>,
+        loop_: Py<PyAny>,
+        context: Option<Py<PyAny>>,
+        debug: bool,
+    ) -> PyResult<Handle> {
+        let context = match context {
+            Some(c) if !c.is_none(py) => c,
+            // SAFETY: with the GIL held, CopyCurrent returns a new reference or NULL.
+            _ => unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())? }.unbind(),
+        };
+        let source_traceback = if debug { Some(helpers::extract_stack(py)?) } else { None };
+        Ok(Handle {
+            callback: Mutex::new(Some(Callback { callback, args })),
+            context,
+            loop_,
+            cancelled: AtomicBool::new(false),
+            source_traceback,
+            repr: Mutex::new(None),
+        })
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Cancels; returns false if it was cancelled already.
+    fn mark_cancelled(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        let this = slf.get();
+        if this.cancelled.swap(true, Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let py = slf.py();
+        if this.loop_.bind(py).call_method0("get_debug")?.is_truthy()? {
+            *this.repr.lock() = Some(Self::describe(slf)?);
+        }
+        *this.callback.lock() = None;
+        Ok(true)
+    }
+
+    /// Runs the callback in its context. Exceptions go to the loop's exception handler,
+    /// except SystemExit and KeyboardInterrupt, which propagate (as in asyncio).
+    pub fn run(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (callback, args) = match &*this.callback.lock() {
+            Some(c) => (c.callback.clone_ref(py), c.args.clone_ref(py)),
+            None => return Ok(()),
+        };
+        let ctx = this.context.as_ptr();
+        // SAFETY: ctx is a live Context (checked type at construction by asyncio's rules:
+        // either copied here or given by the caller); Enter/Exit pair up below.
+        if unsafe { ffi::PyContext_Enter(ctx) } < 0 {
+            return Err(PyErr::fetch(py));
+        }
+        let result = callback.bind(py).call1(args.bind(py));
+        // SAFETY: pairs with the successful Enter above.
+        if unsafe { ffi::PyContext_Exit(ctx) } < 0 {
+            return Err(PyErr::fetch(py));
+        }
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_instance_of::<PySystemExit>(py) || e.is_instance_of::<PyKeyboardInterrupt>(py) => Err(e),
+            Err(e) => {
+                let source = helpers::format_callback_source(py, callback.bind(py), args.bind(py))?;
+                let context = PyDict::new(py);
+                context.set_item("message", format!("Exception in callback {source}"))?;
+                context.set_item("exception", e.value(py))?;
+                context.set_item("handle", slf)?;
+                if let Some(tb) = &this.source_traceback {
+                    if tb.bind(py).is_truthy()? {
+                        context.set_item("source_traceback", tb)?;
+                    }
+                }
+                this.loop_.bind(py).call_method1("call_exception_handler", (context,))?;
+                Ok(())
+            }
+        }
+    }
+
+    fn repr_info(slf: &Bound<'_, Self>, class_name: &str) -> PyResult<Vec<String>> {
+        let py = slf.py();
+        let this = slf.get();
+        let mut info = vec![class_name.to_owned()];
+        if this.is_cancelled() {
+            info.push("cancelled".into());
+        }
+        if let Some(c) = &*this.callback.lock() {
+            info.push(helpers::format_callback_source(py, c.callback.bind(py), c.args.bind(py))?);
+        }
+        if let Some(tb) = &this.source_traceback {
+            let tb = tb.bind(py);
+            if tb.is_truthy()? {
+                let frame = tb.get_item(-1)?;
+                info.push(format!("created at {}:{}", frame.get_item(0)?, frame.get_item(1)?));
+            }
+        }
+        Ok(info)
+    }
+
+    fn describe(slf: &Bound<'_, Self>) -> PyResult<String> {
+        let class_name = slf.get_type().name()?.to_string();
+        let mut info = Self::repr_info(slf, &class_name)?;
+        if let Ok(timer) = slf.cast::<TimerHandle>() {
+            let pos = if slf.get().is_cancelled() { 2 } else { 1 };
+            info.insert(pos, format!("when={}", helpers::float_repr(timer.get().when)));
+        }
+        Ok(format!("<{}>", info.join(" ")))
+    }
+}
+
+#[pymethods]
+impl Handle {
+    fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::mark_cancelled(slf).map(|_| ())
+    }
+
+    fn cancelled(&self) -> bool {
+        self.is_cancelled()
+    }
+
+    fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
+        self.context.clone_ref(py)
+    }
+
+    fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::run(slf)
+    }
+
+    #[getter]
+    fn _cancelled(&self) -> bool {
+        self.is_cancelled()
+    }
+
+    #[getter]
+    fn _callback(&self, py: Python<'_>) -> Py<PyAny> {
+        match &*self.callback.lock() {
+            Some(c) => c.callback.clone_ref(py),
+            None => py.None(),
+        }
+    }
+
+    #[getter]
+    fn _args(&self, py: Python<'_>) -> Py<PyAny> {
+        match &*self.callback.lock() {
+            Some(c) => c.args.clone_ref(py).into_any(),
+            None => py.None(),
+        }
+    }
+
+    #[getter]
+    fn _loop(&self, py: Python<'_>) -> Py<PyAny> {
+        self.loop_.clone_ref(py)
+    }
+
+    #[getter]
+    fn _context(&self, py: Python<'_>) -> Py<PyAny> {
+        self.context.clone_ref(py)
+    }
+
+    #[getter]
+    fn _source_traceback(&self, py: Python<'_>) -> Py<PyAny> {
+        match &self.source_traceback {
+            Some(tb) => tb.clone_ref(py),
+            None => py.None(),
+        }
+    }
+
+    #[getter]
+    fn _repr(&self) -> Option<String> {
+        self.repr.lock().clone()
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        if let Some(r) = &*slf.get().repr.lock() {
+            return Ok(r.clone());
+        }
+        Self::describe(slf)
+    }
+}
+
+/// A handle due at a point in time (loop time, seconds).
+#[pyclass(module = "erlang", name = "TimerHandle", extends = Handle, frozen)]
+pub struct TimerHandle {
+    pub when: f64,
+    pub scheduled: AtomicBool,
+}
+
+#[pymethods]
+impl TimerHandle {
+    fn when(&self) -> f64 {
+        self.when
+    }
+
+    #[getter]
+    fn _when(&self) -> f64 {
+        self.when
+    }
+
+    #[getter]
+    fn _scheduled(&self) -> bool {
+        self.scheduled.load(Ordering::Relaxed)
+    }
+
+    #[setter(_scheduled)]
+    fn set_scheduled(&self, value: bool) {
+        self.scheduled.store(value, Ordering::Relaxed);
+    }
+
+    /// Cancelling a scheduled timer tells the loop, which sweeps its heap when many are.
+    fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let base = slf.as_super();
+        let was_cancelled = base.get().is_cancelled();
+        if !was_cancelled && slf.get().scheduled.load(Ordering::Relaxed) {
+            base.get().loop_.bind(slf.py()).call_method1("_timer_handle_cancelled", (slf,))?;
+        }
+        Handle::mark_cancelled(base).map(|_| ())
+    }
+
+    fn __hash__(&self) -> u64 {
+        self.when.to_bits()
+    }
+
+    fn __richcmp__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let Ok(other) = other.cast::<TimerHandle>() else {
+            return Ok(py.NotImplemented());
+        };
+        let (a, b) = (slf.get().when, other.get().when);
+        let result = match op {
+            CompareOp::Lt => a < b,
+            CompareOp::Le => a < b || Self::same(slf, other)?,
+            CompareOp::Gt => a > b,
+            CompareOp::Ge => a > b || Self::same(slf, other)?,
+            CompareOp::Eq => Self::same(slf, other)?,
+            CompareOp::Ne => !Self::same(slf, other)?,
+        };
+        Ok(pyo3::types::PyBool::new(py, result).to_owned().into_any().unbind())
+    }
+}
+
+impl TimerHandle {
+    /// asyncio's equality: same time, callback, args and cancellation.
+    fn same(a: &Bound<'_, Self>, b: &Bound<'_, Self>) -> PyResult<bool> {
+        if a.get().when != b.get().when {
+            return Ok(false);
+        }
+        let (ha, hb) = (a.as_super(), b.as_super());
+        if ha.get().is_cancelled() != hb.get().is_cancelled() {
+            return Ok(false);
+        }
+        let py = a.py();
+        Ok(Handle::_callback(ha.get(), py).bind(py).eq(Handle::_callback(hb.get(), py))?
+            && Handle::_args(ha.get(), py).bind(py).eq(Handle::_args(hb.get(), py))?)
+    }
+}

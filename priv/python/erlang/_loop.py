@@ -1,0 +1,78 @@
+"""`ErlangEventLoop`: an asyncio event loop whose timers and fd readiness come from an
+Erlang event process.
+
+The scheduling core (`call_soon`, `call_later`, `call_at`, `time`, `_run_once`, handles)
+is native (`_pybeam.LoopCore`); everything else is asyncio's own code for Unix selector
+loops (transports, servers, SSL, datagrams, Unix sockets, pipes, executors, DNS), working
+through a selector backed by the event process. Child processes are spawned natively and
+reaped through pidfds, because the BEAM ignores SIGCHLD.
+"""
+from __future__ import annotations
+
+import asyncio
+from asyncio import unix_events
+from typing import Any
+
+from _pybeam import LoopCore
+
+from ._selector import BeamSelector
+from . import _subprocess
+
+
+class ErlangEventLoop(LoopCore, unix_events._UnixSelectorEventLoop):  # type: ignore[misc]
+    """An asyncio event loop driven by an Erlang event process.
+
+    Made from Python code (``ErlangEventLoop()`` or :func:`erlang.new_event_loop`), it gets
+    its own event process and runs on the thread that calls ``run_forever``. Each pybeam
+    loop's own thread also runs one, for its whole life.
+    """
+
+    def __init__(self, *, _link: Any = None) -> None:
+        # `_link` was taken by LoopCore.__new__.
+        super().__init__(selector=BeamSelector(self))
+
+    # The native core wakes the loop; there is no self-pipe.
+    def _make_self_pipe(self) -> None:
+        pass
+
+    def _close_self_pipe(self) -> None:
+        pass
+
+    def _process_self_data(self, data: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self.is_closed():
+            return
+        super().close()
+        self._release_link()
+
+    def add_signal_handler(self, sig: int, callback: Any, *args: Any) -> None:
+        """Not available: signals belong to the BEAM, which runs this loop's thread.
+
+        Raises NotImplementedError, as asyncio's loops do where signals are unsupported.
+        """
+        raise NotImplementedError("signals belong to the BEAM; ErlangEventLoop cannot handle them")
+
+    def remove_signal_handler(self, sig: int) -> bool:
+        return False
+
+    async def _make_subprocess_transport(self, protocol: asyncio.BaseProtocol, args: Any, shell: bool,
+                                         stdin: Any, stdout: Any, stderr: Any, bufsize: int,
+                                         extra: Any = None, **kwargs: Any) -> asyncio.SubprocessTransport:
+        return await _subprocess.make_transport(self, protocol, args, shell, stdin, stdout,
+                                                stderr, bufsize, extra=extra, **kwargs)
+
+
+class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
+    """An event loop policy whose loops are `ErlangEventLoop`s."""
+
+    def new_event_loop(self) -> ErlangEventLoop:
+        return ErlangEventLoop()
+
+
+def new_event_loop() -> ErlangEventLoop:
+    """A new `ErlangEventLoop`, with its own event process."""
+    return ErlangEventLoop()
