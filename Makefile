@@ -9,7 +9,7 @@ REBAR ?= rebar3
 EBIN = _build/default/lib/pybeam/ebin
 LOGS = .test-logs
 
-.PHONY: all deps build test demo bench dialyzer docs conformance clean
+.PHONY: all deps build test ci demo bench dialyzer docs conformance clean
 
 all: build
 
@@ -21,6 +21,13 @@ build: deps
 
 test: build
 	@sh scripts/run-tests.sh $(LOGS)
+
+# What .ci/run runs: every test, then the conformance run, with one summed total.
+ci: build
+	@sh scripts/run-tests.sh $(LOGS) --conformance
+
+conformance: build
+	@sh scripts/conformance.sh $(LOGS)/conformance
 
 demo: build
 	escript examples/demo.escript

@@ -19,6 +19,11 @@ def counts(runner: str, text: str) -> tuple[int, int] | None:
         if not found:
             return None
         return sum(int(p) for p, _ in found), sum(int(f) for _, f in found)
+    if runner == "conformance":
+        # ErlangEventLoop's passes; undocumented regressions and incomplete modules.
+        if m := re.search(r"^conformance-total: (\d+) passed, (\d+) failed", text, re.M):
+            return int(m[1]), int(m[2])
+        return None
     if runner == "ct":
         if m := re.search(r"All (\d+) tests passed", text):
             passed, failed = int(m[1]), 0

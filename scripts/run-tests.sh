@@ -4,6 +4,7 @@
 # one failure, so nothing is lost silently.
 set -u
 logs=${1:-.test-logs}
+with_conformance=${2:-}
 rm -rf "$logs"
 mkdir -p "$logs"
 status=0
@@ -22,5 +23,8 @@ run cargo sh -c 'cd native && cargo test -p pybeam_core --release'
 run eunit rebar3 eunit
 run ct rebar3 ct
 run exunit elixir -pa _build/default/lib/pybeam/ebin test/elixir/run.exs
+if [ "$with_conformance" = "--conformance" ]; then
+    run conformance sh scripts/conformance.sh "$logs/conformance"
+fi
 
 python3 scripts/count_results.py "$logs"

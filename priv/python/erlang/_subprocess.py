@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import signal
 import subprocess
+import time
 from asyncio import base_subprocess
 from typing import Any, Optional, Sequence
 
@@ -18,6 +20,9 @@ import _pybeam
 
 # Popen options this loop implements, beyond those asyncio itself checks.
 _SUPPORTED = {"cwd", "env", "start_new_session", "close_fds", "pass_fds"}
+# Popen options that only have meaning elsewhere, accepted with the values POSIX allows:
+# children always get default signal handling back (restore_signals).
+_POSIX_DEFAULTS = {"creationflags": 0, "startupinfo": None, "restore_signals": True}
 
 
 def _stdio(value: Any) -> Optional[int]:
@@ -59,7 +64,20 @@ class _Child:
         self.send_signal(signal.SIGKILL)
 
     def wait(self, timeout: Optional[float] = None) -> int:
-        raise RuntimeError("wait on the transport (or the asyncio Process), not on the child")
+        """Blocks until the child exits (as Popen.wait); the loop's own waiting is
+        asynchronous, through its event process."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if self.pidfd is None:
+                raise RuntimeError("the child's pidfd is closed but no status was read")
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if left == 0.0:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+            poller = select.poll()
+            poller.register(self.pidfd, select.POLLIN)
+            poller.poll(None if left is None else left * 1000)
+        assert self.returncode is not None
+        return self.returncode
 
     def close_pidfd(self) -> None:
         if self.pidfd is not None:
@@ -74,6 +92,10 @@ class PidfdSubprocessTransport(base_subprocess.BaseSubprocessTransport):
 
     def _start(self, args: Any, shell: bool, stdin: Any, stdout: Any, stderr: Any,
                bufsize: int, **kwargs: Any) -> None:
+        for name, allowed in _POSIX_DEFAULTS.items():
+            if name in kwargs:
+                if kwargs.pop(name) != allowed:
+                    raise ValueError(f"{name} must be {allowed!r} on this platform")
         unsupported = set(kwargs) - _SUPPORTED
         if unsupported:
             raise TypeError(f"ErlangEventLoop does not support subprocess options "
