@@ -10,6 +10,8 @@
 %% {Id, read} | {Id, write}          a watched fd is ready (re-armed once polled)
 %% {Id, call_result, Value}          a call submitted with call/7 returned
 %% {Id, call_error, Reason}          ... or failed (Reason as in py:call/5)
+%% {Id, async_result, Value}         an async call submitted with async_call/7 finished
+%% {Id, async_error, Reason}         ... or failed
 %% {Id, subprocess_stdout, Data}     output of a child started with spawn/4
 %% {Id, subprocess_stderr, Data}
 %% {Id, subprocess_exit, ReturnCode} after its last output; minus the signal if killed
@@ -25,7 +27,8 @@
 -export([new/0, new/1, destroy/2, poll/2]).
 -export([start_timer/3, cancel_timer/2]).
 -export([add_reader/3, add_writer/3, remove_reader/2, remove_writer/2]).
--export([call/6, call/7, call_many/3, spawn/4, kill/3, watch_socket/3, info/1]).
+-export([call/6, call/7, call_many/3, async_call/6, async_call/7]).
+-export([spawn/4, kill/3, watch_socket/3, info/1]).
 -export([format_error/2]).
 
 -type loop_ref() :: py_nif:loop().
@@ -184,14 +187,31 @@ call(Loop, EventProc, Id, Module, Function, Args) ->
 -spec call(loop_ref(), pid(), callback_id(), py:name(), py:name(), list(), map()) ->
     ok | {error, term()}.
 call(Loop, EventProc, Id, Module, Function, Args, Kwargs) ->
-    Argv = [Loop, EventProc, Id, Module, Function, Args, Kwargs],
+    submit_event(call, [Loop, EventProc, Id, Module, Function, Args, Kwargs]).
+
+%% @equiv async_call(Loop, EventProc, Id, Module, Function, Args, #{})
+-spec async_call(loop_ref(), pid(), callback_id(), py:name(), py:name(), list()) ->
+    ok | {error, term()}.
+async_call(Loop, EventProc, Id, Module, Function, Args) ->
+    async_call(Loop, EventProc, Id, Module, Function, Args, #{}).
+
+%% @doc Runs `Module.Function(*Args, **Kwargs)' on the loop's asyncio loop without waiting:
+%% a coroutine function (or one returning an awaitable) runs as a task, concurrently with
+%% others; a plain function's value is the result. The result is queued as
+%% `{Id, async_result, Value}' or `{Id, async_error, Reason}'.
+-spec async_call(loop_ref(), pid(), callback_id(), py:name(), py:name(), list(), map()) ->
+    ok | {error, term()}.
+async_call(Loop, EventProc, Id, Module, Function, Args, Kwargs) ->
+    submit_event(async, [Loop, EventProc, Id, Module, Function, Args, Kwargs]).
+
+submit_event(Kind, [Loop, EventProc, Id, Module, Function, Args, Kwargs] = Argv) ->
     is_reference(Loop) andalso is_pid(EventProc) orelse ?BADARG({loop, {Loop, EventProc}}, Argv),
     is_integer(Id) andalso Id > 0 orelse ?BADARG({callback_id, Id}, Argv),
     is_atom(Module) orelse is_binary(Module) orelse ?BADARG({module, Module}, Argv),
     is_atom(Function) orelse is_binary(Function) orelse ?BADARG({function, Function}, Argv),
     is_list(Args) orelse ?BADARG({args, Args}, Argv),
     is_map(Kwargs) orelse ?BADARG({kwargs, Kwargs}, Argv),
-    Job = {call, Module, Function, Args, Kwargs},
+    Job = {Kind, Module, Function, Args, Kwargs},
     Submitted = case py_nif:submit(Loop, Id, event, Job) of
                     dirty -> py_nif:submit_dirty(Loop, Id, event, Job);
                     Other -> Other

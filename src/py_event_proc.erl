@@ -4,10 +4,11 @@
 %% everything that produces events for the loop:
 %%
 %% - results the loop thread sends, one message per batch:
-%%   `{'$py_results', Replies, Events}'. A reply to a caller's alias is forwarded as
-%%   `{Alias, Result}' (a caller that timed out deactivated its alias, so a late result
-%%   never reaches it); results addressed to the event queue arrive as finished
-%%   `call_result' and `call_error' events and are appended as they are;
+%%   `{'$py_results', Replies, Events, StreamItems}'. A reply to a caller's alias is
+%%   forwarded as `{Alias, Result}' (a caller that timed out deactivated its alias, so a
+%%   late result never reaches it); results addressed to the event queue arrive as
+%%   finished `call_*' and `async_*' events and are appended as they are; stream items go
+%%   to their consumer, which gets more only while it keeps up (see `py:async_stream/5');
 %% - timers (coalesced per millisecond, see `py_timer_set');
 %% - fd readiness (`enif_select' messages come straight here, see `py_ep_fds');
 %% - child processes (`py_ep_children') and sockets (`py_ep_sockets');
@@ -27,6 +28,21 @@
 -export([system_continue/3, system_terminate/4, system_code_change/4, system_get_state/1]).
 
 -record(waiter, {from :: {pid(), term()}, mon :: reference(), timer :: reference() | infinity}).
+
+%% A stream started by `py:async_stream/5'. `ref' is the consumer's monitor alias: data
+%% goes to the consumer's pid, the last message to the alias, which removes the monitor.
+-record(stream, {consumer :: pid(),
+                 ref :: reference(),
+                 mon :: reference(),
+                 window :: pos_integer(),
+                 %% items forwarded since credit was last granted
+                 unacked = 0 :: non_neg_integer(),
+                 %% waiting for the consumer to drain its mailbox; rechecked after `backoff' ms
+                 stalled = false :: boolean(),
+                 backoff = 1 :: pos_integer()}).
+
+%% The longest wait between two looks at a slow consumer's mailbox.
+-define(MAX_BACKOFF, 50).
 
 -record(state, {
     loop :: py_nif:loop(),
@@ -49,14 +65,18 @@
     native_out = [] :: [{integer(), read | write} | {failed, integer(), read | write} | wakeup],
     native_wakeup :: reference() | undefined,
     %% false for a loop made from Python code: a thread of Python's runs it
-    threaded = true :: boolean()
+    threaded = true :: boolean(),
+    streams = #{} :: #{pos_integer() => #stream{}},
+    %% consumer monitor -> stream id
+    stream_mons = #{} :: #{reference() => pos_integer()}
 }).
 
 -type opts() :: #{default_index => pos_integer(),
                   owner => pid(),
                   max_batch => pos_integer(),
                   capacity => pos_integer(),
-                  spin_us => non_neg_integer()}.
+                  spin_us => non_neg_integer(),
+                  max_tasks => pos_integer()}.
 -export_type([opts/0]).
 
 %% @doc Starts an event process and its native loop, linked to the caller (a supervisor).
@@ -106,8 +126,9 @@ init(Starter, Opts, Link) ->
     LoopOpts = maps:merge(#{max_batch => application:get_env(pybeam, max_batch, 128),
                             capacity => application:get_env(pybeam, queue_capacity, 20000),
                             spin_us => application:get_env(pybeam, spin_us, 50),
+                            max_tasks => application:get_env(pybeam, max_tasks, 512),
                             index => maps:get(default_index, Opts, 0)},
-                          maps:with([max_batch, capacity, spin_us, thread, token], Opts)),
+                          maps:with([max_batch, capacity, spin_us, max_tasks, thread, token], Opts)),
     case py_nif:loop_new(self(), LoopOpts) of
         {ok, Loop} ->
             case Opts of
@@ -129,12 +150,12 @@ init(Starter, Opts, Link) ->
 
 loop(S) ->
     receive
-        {'$py_results', Replies, Events} ->
+        {'$py_results', Replies, Events, Items} ->
             route(Replies),
-            next(append(Events, S));
-        {'$py_results_collect', Replies, Events} ->
+            next(stream_items(Items, append(Events, S)));
+        {'$py_results_collect', Replies, Events, Items} ->
             route(Replies),
-            S1 = append(Events, S),
+            S1 = stream_items(Items, append(Events, S)),
             %% Large binaries passed through: drop our references to the routed ones now.
             erlang:garbage_collect(),
             next(S1);
@@ -159,6 +180,10 @@ loop(S) ->
             next(poll_timeout(Mon, S));
         {'DOWN', Mon, process, _, _} when Mon =:= S#state.owner_mon ->
             shutdown(normal, S);
+        {'DOWN', Mon, process, _, _} when is_map_key(Mon, S#state.stream_mons) ->
+            next(consumer_down(Mon, S));
+        {timeout, _, {'$py_stream_check', Id}} ->
+            next(recheck_stream(Id, S));
         {'DOWN', Mon, process, _, _} ->
             next(forget_waiter(Mon, S));
         {'$py_loop_exit', Why} ->
@@ -224,6 +249,95 @@ route([{To, Result} | Rest]) ->
     route(Rest);
 route([]) ->
     ok.
+
+%%% Streams
+
+stream_items([], S) ->
+    S;
+stream_items([{Id, Item} | Rest], #state{streams = Streams} = S) ->
+    case Streams of
+        #{Id := Stream} -> stream_items(Rest, stream_item(Id, Item, Stream, S));
+        #{} -> stream_items(Rest, S)   % cancelled: its last items are dropped
+    end.
+
+stream_item(Id, {data, _} = Data, #stream{consumer = Pid, ref = Ref, unacked = N} = St, S) ->
+    Pid ! {py_stream, Ref, Data},
+    St1 = St#stream{unacked = N + 1},
+    case St1#stream.stalled orelse N + 1 < half(St1#stream.window) of
+        true -> put_stream(Id, St1, S);
+        false -> check_consumer(Id, St1, S)
+    end;
+stream_item(Id, Last, #stream{ref = Ref} = St, S) ->
+    %% `done' or `{error, Reason}': sent to the alias, which ends the consumer's monitor.
+    Ref ! {py_stream, Ref, Last},
+    forget_stream(Id, St, S).
+
+half(Window) -> max(1, Window div 2).
+
+%% Grants the loop the credit used since the last grant if the consumer keeps up (fewer
+%% than `window' messages queued); otherwise looks again later. So the consumer's mailbox
+%% never holds more than about 2 x window items of one stream.
+check_consumer(Id, #stream{consumer = Pid, window = W, unacked = N, backoff = B} = St, S) ->
+    case erlang:process_info(Pid, message_queue_len) of
+        {message_queue_len, Len} when Len < W ->
+            ok = py_nif:stream_credit(S#state.loop, Id, N),
+            put_stream(Id, St#stream{unacked = 0, stalled = false, backoff = 1}, S);
+        {message_queue_len, _} ->
+            _ = erlang:start_timer(B, self(), {'$py_stream_check', Id}),
+            put_stream(Id, St#stream{stalled = true, backoff = min(2 * B, ?MAX_BACKOFF)}, S);
+        undefined ->
+            %% The consumer is gone; its 'DOWN' message cancels the stream.
+            put_stream(Id, St, S)
+    end.
+
+recheck_stream(Id, #state{streams = Streams} = S) ->
+    case Streams of
+        #{Id := #stream{stalled = true} = St} -> check_consumer(Id, St, S);
+        #{} -> S
+    end.
+
+put_stream(Id, St, #state{streams = Streams} = S) ->
+    S#state{streams = Streams#{Id => St}}.
+
+forget_stream(Id, #stream{mon = Mon, ref = Ref}, #state{streams = Streams, stream_mons = Mons} = S) ->
+    erlang:demonitor(Mon, [flush]),
+    ets:delete(py_streams, Ref),
+    S#state{streams = maps:remove(Id, Streams), stream_mons = maps:remove(Mon, Mons)}.
+
+open_stream(Id, Ref, Consumer, {stream, _, _, _, _, Window} = Job, #state{loop = Loop} = S) ->
+    case submit(Loop, Id, event, Job) of
+        ok ->
+            Mon = erlang:monitor(process, Consumer),
+            true = ets:insert(py_streams, {Ref, self(), Id}),
+            St = #stream{consumer = Consumer, ref = Ref, mon = Mon, window = Window},
+            {ok, S#state{streams = (S#state.streams)#{Id => St},
+                         stream_mons = (S#state.stream_mons)#{Mon => Id}}};
+        Refused ->
+            {Refused, S}
+    end.
+
+%% Cancelled by `py:async_cancel/1': the consumer's last message says so.
+cancel_stream(Id, #state{streams = Streams, loop = Loop} = S) ->
+    case Streams of
+        #{Id := #stream{ref = Ref} = St} ->
+            ok = py_nif:cancel(Loop, Id),
+            Ref ! {py_stream, Ref, {error, cancelled}},
+            {ok, forget_stream(Id, St, S)};
+        #{} ->
+            {{error, not_found}, S}
+    end.
+
+%% The consumer died: the generator is stopped (its `finally' blocks run).
+consumer_down(Mon, #state{stream_mons = Mons, streams = Streams, loop = Loop} = S) ->
+    Id = maps:get(Mon, Mons),
+    ok = py_nif:cancel(Loop, Id),
+    forget_stream(Id, maps:get(Id, Streams), S).
+
+submit(Loop, Id, ReplyTo, Job) ->
+    case py_nif:submit(Loop, Id, ReplyTo, Job) of
+        dirty -> py_nif:submit_dirty(Loop, Id, ReplyTo, Job);
+        Result -> Result
+    end.
 
 %% Appends events that arrive in order, as a batch.
 append([], S) ->
@@ -410,6 +524,14 @@ handle_request({watch_socket, Socket, Id}, From, #state{sockets = Sockets} = S) 
             gen:reply(From, Error),
             loop(S)
     end;
+handle_request({stream_open, Id, Ref, Consumer, Job}, From, S) ->
+    {Reply, S1} = open_stream(Id, Ref, Consumer, Job, S),
+    gen:reply(From, Reply),
+    loop(S1);
+handle_request({stream_cancel, Id}, From, S) ->
+    {Reply, S1} = cancel_stream(Id, S),
+    gen:reply(From, Reply),
+    loop(S1);
 handle_request(handle, From, S) ->
     gen:reply(From, {S#state.loop, self()}),
     loop(S);
@@ -439,7 +561,8 @@ counters(S) ->
            timers => py_timer_set:size(S#state.timers),
            fds => py_ep_fds:size(S#state.fds),
            children => py_ep_children:size(S#state.children),
-           sockets => py_ep_sockets:size(S#state.sockets)}.
+           sockets => py_ep_sockets:size(S#state.sockets),
+           streams => map_size(S#state.streams)}.
 
 %%% Teardown
 
@@ -460,6 +583,8 @@ loop_exited({crash, Msg}, S) ->
 -spec shutdown(term(), #state{}) -> no_return().
 shutdown(Reason, S) ->
     [gen:reply(From, []) || #waiter{from = From} <- S#state.waiters],
+    %% Consumers learn of it from their monitors ({'DOWN', Ref, ...}).
+    [ets:delete(py_streams, Ref) || #stream{ref = Ref} <- maps:values(S#state.streams)],
     py_ep_fds:stop_all(S#state.fds),
     py_ep_children:stop_all(S#state.children),
     py_ep_sockets:close_all(S#state.sockets),

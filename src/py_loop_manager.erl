@@ -2,6 +2,9 @@
 %% (`erlang.new_event_loop()'). The Python thread sends `{'$py_new_loop', Token}' and waits;
 %% the event process started here creates its native loop with that token, which hands the
 %% loop to the waiting thread. A loop that cannot be made is reported back with its reason.
+%%
+%% It also owns `py_streams', the table that maps the reference of each running
+%% `py:async_stream/5' to its event process, so that `py:async_cancel/1' can find it.
 -module(py_loop_manager).
 -behaviour(gen_server).
 
@@ -15,6 +18,7 @@ start_link() ->
 %% @private
 -spec init([]) -> {ok, #{}}.
 init([]) ->
+    _ = ets:new(py_streams, [named_table, public, set, {write_concurrency, true}]),
     {ok, #{}}.
 
 %% @private

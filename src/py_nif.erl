@@ -7,6 +7,7 @@
          loop_new/2, submit/4, submit_dirty/4, cancel/2, loop_close/1, loop_stats/1,
          reaper_pending/0, noop/0, noop_dirty/0]).
 -export([submit_many/2, submit_many_dirty/2, deliver_events/2, link_failed/2]).
+-export([stream_credit/3, callback_reply/2, callback_reply_dirty/2, register_name/2]).
 -export([fd_watch/1, fd_select/3, fd_cancel/2, fd_stop/1, fd_read/2, fd_write/2,
          spawn_child/2, child_wait/1, child_kill/2]).
 
@@ -16,6 +17,7 @@
        loop_new/2, submit/4, submit_dirty/4, cancel/2, loop_close/1, loop_stats/1,
        reaper_pending/0, noop/0, noop_dirty/0, submit_many/2, submit_many_dirty/2,
        deliver_events/2, link_failed/2,
+       stream_credit/3, callback_reply/2, callback_reply_dirty/2, register_name/2,
        fd_watch/1, fd_select/3, fd_cancel/2, fd_stop/1, fd_read/2, fd_write/2,
        spawn_child/2, child_wait/1, child_kill/2]).
 
@@ -79,6 +81,23 @@ deliver_events(_Loop, _Events) -> ?NOT_LOADED.
 -spec link_failed(pos_integer(), binary()) -> ok.
 link_failed(_Token, _Reason) -> ?NOT_LOADED.
 
+%% @doc Lets stream `Id' send `N' more items.
+-spec stream_credit(loop(), pos_integer(), pos_integer()) -> ok.
+stream_credit(_Loop, _Id, _N) -> ?NOT_LOADED.
+
+%% @doc The answer of the Erlang function that Python call `Token' ran.
+-spec callback_reply(non_neg_integer(), {ok, term()} | {error, term()}) ->
+    ok | dirty | {error, term()} | {badarg, binary()}.
+callback_reply(_Token, _Reply) -> ?NOT_LOADED.
+
+-spec callback_reply_dirty(non_neg_integer(), {ok, term()} | {error, term()}) ->
+    ok | {error, term()} | {badarg, binary()}.
+callback_reply_dirty(_Token, _Reply) -> ?NOT_LOADED.
+
+%% @doc Marks a name as registered (or not) for `from erlang import Name'.
+-spec register_name(binary(), boolean()) -> ok.
+register_name(_Name, _Registered) -> ?NOT_LOADED.
+
 -spec cancel(loop(), pos_integer()) -> ok.
 cancel(_Loop, _Id) -> ?NOT_LOADED.
 
@@ -87,7 +106,8 @@ loop_close(_Loop) -> ?NOT_LOADED.
 
 -spec loop_stats(loop()) -> #{queued := non_neg_integer(), running := non_neg_integer(),
                               completed := non_neg_integer(), batches := non_neg_integer(),
-                              skipped := non_neg_integer(), closed := boolean()}.
+                              skipped := non_neg_integer(), closed := boolean(),
+                              tasks := non_neg_integer(), tasks_waiting := non_neg_integer()}.
 loop_stats(_Loop) -> ?NOT_LOADED.
 
 %% @doc Large Python results released by Erlang and not yet freed under the GIL.

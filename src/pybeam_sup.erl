@@ -1,4 +1,6 @@
-%% @doc Top supervisor: `py_loop_sup' for loops created at runtime, then one child per
+%% @doc Top supervisor: `py_loop_sup' for loops created at runtime, `py_loop_manager'
+%% (event processes for loops made by Python code; owner of the streams table),
+%% `py_callbacks' (Erlang functions called from Python), then one child per
 %% default loop (its event process, which owns the native loop and its thread). A dead
 %% default event process is restarted with a fresh loop.
 -module(pybeam_sup).
@@ -28,4 +30,8 @@ init([]) ->
     Manager = #{id => py_loop_manager,
                 start => {py_loop_manager, start_link, []},
                 modules => [py_loop_manager]},
-    {ok, {#{strategy => one_for_one, intensity => 10, period => 10}, [LoopSup, Manager | Loops]}}.
+    Callbacks = #{id => py_callbacks,
+                  start => {py_callbacks, start_link, []},
+                  modules => [py_callbacks]},
+    {ok, {#{strategy => one_for_one, intensity => 10, period => 10},
+          [LoopSup, Manager, Callbacks | Loops]}}.

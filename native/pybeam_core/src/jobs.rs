@@ -11,17 +11,46 @@ use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 use crate::convert::{from_python, to_python, ToValueError};
 use crate::pyerror::PythonError;
 use crate::pymodule::CallTimeout;
+use crate::tasks::ResultKind;
 use crate::value::{Value, MAX_DEPTH};
+
+/// `module.function(*args, **kwargs)`; `function` may be a dotted attribute path.
+#[derive(Debug)]
+pub struct CallTarget {
+    pub module: String,
+    pub function: String,
+    pub args: Vec<Value>,
+    pub kwargs: Vec<(String, Value)>,
+}
 
 /// One unit of work for a loop thread.
 #[derive(Debug)]
 pub enum Job {
-    /// `module.function(*args, **kwargs)`; `function` may be a dotted attribute path.
-    Call { module: String, function: String, args: Vec<Value>, kwargs: Vec<(String, Value)> },
+    /// A sync call: its value is the result.
+    Call(CallTarget),
     /// Evaluate an expression in the loop's globals, with optional extra locals.
     Eval { code: Vec<u8>, locals: Vec<(String, Value)> },
     /// Execute statements in the loop's globals.
     Exec { code: Vec<u8> },
+    /// A call on the loop's asyncio loop: a coroutine function, or a function returning an
+    /// awaitable, runs as a task; a plain function's value is the result at once.
+    Async(CallTarget),
+    /// Async calls run concurrently; one result, the list of theirs in input order.
+    Gather(Vec<CallTarget>),
+    /// A call returning a generator, an async generator or another (async) iterable,
+    /// whose items go out one by one; at most `window` before the event process grants more.
+    Stream { target: CallTarget, window: usize },
+}
+
+impl Job {
+    /// What kind of completion answers this job.
+    pub fn result_kind(&self) -> ResultKind {
+        match self {
+            Job::Call(_) | Job::Eval { .. } | Job::Exec { .. } => ResultKind::Call,
+            Job::Async(_) | Job::Gather(_) => ResultKind::Async,
+            Job::Stream { .. } => ResultKind::StreamEnd,
+        }
+    }
 }
 
 /// Why a job produced no value.
@@ -38,6 +67,12 @@ pub enum CallError {
     Closed,
     /// A bug on our side (a Rust panic), reported instead of crashing the VM.
     Internal(String),
+    /// The task was cancelled on the Python side.
+    Cancelled,
+    /// Some items of a gather failed: (1-based index, why) for each.
+    GatherFailed(Vec<(usize, CallError)>),
+    /// A job that needs the asyncio loop reached a loop without one.
+    NoAsyncio,
 }
 
 pub type Outcome = Result<Value, CallError>;
@@ -77,9 +112,10 @@ impl Executor {
 
     pub fn run(&self, py: Python<'_>, job: Job) -> Outcome {
         let result = match job {
-            Job::Call { module, function, args, kwargs } => self.call(py, &module, &function, &args, &kwargs),
+            Job::Call(target) => self.call(py, &target),
             Job::Eval { code, locals } => self.eval(py, &code, &locals),
             Job::Exec { code } => self.exec(py, &code).map(|_| py.None().into_bound(py)),
+            Job::Async(_) | Job::Gather(_) | Job::Stream { .. } => return Err(CallError::NoAsyncio),
         };
         match result {
             Ok(obj) => value_of(&obj),
@@ -132,19 +168,17 @@ pub fn python_error(py: Python<'_>, err: &PyErr) -> CallError {
 impl Executor {
     /// Finds `module` (already imported ones straight from `sys.modules`) and calls
     /// `function` on it.
-    pub fn call<'py>(
-        &self,
-        py: Python<'py>,
-        module: &str,
-        function: &str,
-        args: &[Value],
-        kwargs: &[(String, Value)],
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let mut target = import(py, &self.name(py, module))?;
-        for part in function.split('.') {
-            target = target.getattr(self.name(py, part))?;
+    pub fn call<'py>(&self, py: Python<'py>, target: &CallTarget) -> PyResult<Bound<'py, PyAny>> {
+        call_with(py, &self.resolve(py, target)?, &target.args, &target.kwargs)
+    }
+
+    /// The callable that `target` names.
+    pub fn resolve<'py>(&self, py: Python<'py>, target: &CallTarget) -> PyResult<Bound<'py, PyAny>> {
+        let mut obj = import(py, &self.name(py, &target.module))?;
+        for part in target.function.split('.') {
+            obj = obj.getattr(self.name(py, part))?;
         }
-        call_with(py, &target, args, kwargs)
+        Ok(obj)
     }
 }
 

@@ -11,8 +11,11 @@
 //! - `interrupt`: raising `CallTimeout` in code whose caller gave up.
 //! - `pymodule`: `_pybeam`, the native half of the Python `erlang` package.
 //! - `reaper`: releasing Python-owned buffers that Erlang no longer references.
+//! - `tasks`: async calls, gathers and streams as asyncio tasks on a loop thread.
+//! - `callbacks`: Python calling into Erlang (`erlang.call`, `erlang.send`).
 
 pub mod aio;
+pub mod callbacks;
 pub mod child;
 pub mod convert;
 pub mod interpreter;
@@ -23,8 +26,10 @@ pub mod mailbox;
 pub mod pyerror;
 pub mod pymodule;
 pub mod reaper;
+pub mod tasks;
 pub mod value;
 
-pub use jobs::{CallError, Job, Outcome};
+pub use jobs::{CallError, CallTarget, Job, Outcome};
+pub use tasks::ResultKind;
 pub use loop_thread::{Completion, Host, Loop, LoopConfig, LoopStats, Request, SubmitError};
 pub use value::{Bytes, SharedBytes, Value, MAX_DEPTH};

@@ -16,7 +16,7 @@
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
@@ -24,16 +24,21 @@ use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use crate::aio::helpers;
 use crate::aio::link::{Command, Delivered, LinkHandle, LinkOps};
+use crate::callbacks;
 use crate::interpreter::ThreadAttachment;
 use crate::interrupt::{interrupt, RunState};
 use crate::jobs::{CallError, Executor, Job, Outcome};
 use crate::mailbox::Mailbox;
+use crate::tasks::{ResultKind, Shape, TaskSink, Tasks};
 
 /// The BEAM-facing side of a loop: where completions and commands go.
 pub trait Host: Send + Sync + 'static {
     /// Whatever routes a result back to its caller (for the NIF: the caller's alias).
     type Reply: Send + 'static;
+    /// The reply that addresses the event process itself (stream items go there).
+    fn event_reply(&self) -> Self::Reply;
     /// Receives every completion that is ready, in one call; called without the GIL.
     /// Must leave `done` empty.
     fn deliver(&self, done: &mut Vec<Completion<Self::Reply>>);
@@ -54,6 +59,7 @@ pub struct Completion<R> {
     pub id: u64,
     pub reply: R,
     pub outcome: Outcome,
+    pub kind: ResultKind,
 }
 
 #[derive(Clone, Debug)]
@@ -65,6 +71,8 @@ pub struct LoopConfig {
     pub capacity: usize,
     /// How long an idle loop polls before parking.
     pub spin: Duration,
+    /// Most async tasks (async calls, gather items, streams) running at once.
+    pub max_tasks: usize,
 }
 
 impl Default for LoopConfig {
@@ -74,6 +82,7 @@ impl Default for LoopConfig {
             max_batch: 128,
             capacity: 20_000,
             spin: Duration::from_micros(50),
+            max_tasks: 512,
         }
     }
 }
@@ -95,6 +104,9 @@ pub struct LoopStats {
     /// Queued requests skipped because their caller had timed out.
     pub skipped: u64,
     pub closed: bool,
+    /// Async tasks running, and async items waiting for a slot.
+    pub tasks: usize,
+    pub tasks_waiting: usize,
 }
 
 /// A timed-out request that may still be waiting to start. It is forgotten once as many
@@ -106,6 +118,8 @@ struct Cancelled {
 }
 
 pub struct Loop<H: Host> {
+    /// Itself, for the Python callbacks of its tasks (weak: tasks must not keep it alive).
+    me: Weak<Self>,
     config: LoopConfig,
     host: H,
     requests: Mailbox<Request<H::Reply>>,
@@ -127,11 +141,17 @@ pub struct Loop<H: Host> {
     completed: AtomicU64,
     batches: AtomicU64,
     skipped: AtomicU64,
+    pub(crate) tasks: Mutex<Tasks<H::Reply>>,
+    /// Set when task cancels or stream credits wait for the loop thread.
+    pub(crate) tasks_signal: AtomicBool,
+    /// The thread's asyncio loop, which async jobs run on (threaded loops only).
+    aio: Mutex<Option<Py<PyAny>>>,
 }
 
 impl<H: Host> Loop<H> {
     fn build(config: LoopConfig, host: H) -> Arc<Self> {
-        Arc::new(Loop {
+        Arc::new_cyclic(|me| Loop {
+            me: me.clone(),
             requests: Mailbox::new(config.capacity),
             config,
             host,
@@ -150,6 +170,9 @@ impl<H: Host> Loop<H> {
             completed: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
+            tasks: Mutex::new(Tasks::default()),
+            tasks_signal: AtomicBool::new(false),
+            aio: Mutex::new(None),
         })
     }
 
@@ -205,7 +228,8 @@ impl<H: Host> Loop<H> {
         self.unpark();
     }
 
-    /// The caller of `id` gave up: skip it if still queued, interrupt it if running.
+    /// The caller of `id` gave up: skip it if still queued, interrupt it if running, cancel
+    /// its tasks if it is an async job.
     pub fn cancel(&self, id: u64) {
         {
             let mut cancelled = self.cancelled.lock();
@@ -219,6 +243,7 @@ impl<H: Host> Loop<H> {
         if self.run_state.running.load(Ordering::SeqCst) == id {
             interrupt(self.run_state.clone(), id);
         }
+        self.cancel_task(id);
     }
 
     /// Stops the loop after its current request, which is interrupted; requests still
@@ -239,7 +264,13 @@ impl<H: Host> Loop<H> {
     }
 
     pub fn stats(&self) -> LoopStats {
+        let (tasks, tasks_waiting) = {
+            let t = self.tasks.lock();
+            (t.running(), t.waiting())
+        };
         LoopStats {
+            tasks,
+            tasks_waiting,
             queued: self.requests.len(),
             running: self.in_batch.load(Ordering::SeqCst),
             completed: self.completed.load(Ordering::Relaxed),
@@ -253,6 +284,27 @@ impl<H: Host> Loop<H> {
         if let Some(t) = &*self.waiter.lock() {
             t.unpark();
         }
+    }
+
+    pub(crate) fn wake_thread(&self) {
+        self.unpark();
+    }
+
+    pub(crate) fn executor(&self) -> Option<&Executor> {
+        self.executor.get()
+    }
+
+    pub(crate) fn aio<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        self.aio.lock().as_ref().map(|a| a.bind(py).clone())
+    }
+
+    pub(crate) fn task_sink(&self) -> Option<Weak<dyn TaskSink>> {
+        let me: Weak<dyn TaskSink> = self.me.clone();
+        (me.strong_count() > 0).then_some(me)
+    }
+
+    pub(crate) fn count_skipped(&self) {
+        self.skipped.fetch_add(1, Ordering::Relaxed);
     }
 
     fn thread_main(self: Arc<Self>) {
@@ -274,14 +326,23 @@ impl<H: Host> Loop<H> {
                 }
                 Err(e) => panic!("could not set up the loop's Python globals: {e}"),
             }
+            if let Some(me) = self.me.upgrade() {
+                callbacks::set_current_link(Some(me as Arc<dyn LinkOps>));
+            }
             match self.asyncio_loop(py) {
-                Ok(lp) => self.run_asyncio(py, &lp),
+                Ok(lp) => {
+                    *self.aio.lock() = Some(lp.clone().unbind());
+                    self.run_asyncio(py, &lp);
+                    let released = self.aio.lock().take();
+                    drop(released);
+                }
                 Err(e) => {
                     // Without the `erlang` package the loop still serves sync calls.
                     eprintln!("pybeam: no asyncio loop on {} ({e}); serving calls only", self.config.name);
                     self.serve_plain(py);
                 }
             }
+            callbacks::set_current_link(None);
         });
     }
 
@@ -316,31 +377,56 @@ impl<H: Host> Loop<H> {
 
     fn execute(&self, py: Python<'_>, executor: &Executor, req: Request<H::Reply>) -> Option<Completion<H::Reply>> {
         let Request { id, reply, job } = req;
-        self.run_state.running.store(id, Ordering::SeqCst);
+        let (shape, targets) = match job {
+            Job::Async(t) => (Shape::Single, vec![t]),
+            Job::Gather(ts) => (Shape::Gather, ts),
+            Job::Stream { target, window } => (Shape::Stream { window }, vec![target]),
+            job => return self.execute_sync(py, executor, id, reply, job),
+        };
+        let answer = catch_unwind(AssertUnwindSafe(|| self.begin_async(py, id, reply, shape, targets)))
+            .unwrap_or_else(|p| {
+                eprintln!("pybeam: async job {id} failed to start: {}", panic_message(p));
+                None
+            });
+        self.started.fetch_add(1, Ordering::SeqCst);
+        answer
+    }
+
+    fn execute_sync(
+        &self,
+        py: Python<'_>,
+        executor: &Executor,
+        id: u64,
+        reply: H::Reply,
+        job: Job,
+    ) -> Option<Completion<H::Reply>> {
+        // A request served while another waits for Erlang (erlang.call) nests inside it.
+        let outer = self.run_state.running.swap(id, Ordering::SeqCst);
         let cancelled = self.take_cancelled(id);
         self.started.fetch_add(1, Ordering::SeqCst);
         if cancelled {
-            self.run_state.running.store(0, Ordering::SeqCst);
+            self.run_state.running.store(outer, Ordering::SeqCst);
             self.skipped.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         let outcome = catch_unwind(AssertUnwindSafe(|| executor.run(py, job)))
             .unwrap_or_else(|p| Err(CallError::Internal(panic_message(p))));
-        self.run_state.running.store(0, Ordering::SeqCst);
+        self.run_state.running.store(outer, Ordering::SeqCst);
         self.run_state.clear_stale_interrupt(py, id);
+        let kind = ResultKind::Call;
         match outcome {
             // Interrupted because the loop is closing: its caller still gets an answer.
             Err(CallError::Interrupted) if self.closing.load(Ordering::Acquire) => {
-                Some(Completion { id, reply, outcome: Err(CallError::Closed) })
+                Some(Completion { id, reply, outcome: Err(CallError::Closed), kind })
             }
             // Interrupted because its caller timed out: nobody is waiting.
             Err(CallError::Interrupted) => None,
-            outcome => Some(Completion { id, reply, outcome }),
+            outcome => Some(Completion { id, reply, outcome, kind }),
         }
     }
 
     /// True if `id` was cancelled; also forgets entries that can no longer be queued.
-    fn take_cancelled(&self, id: u64) -> bool {
+    pub(crate) fn take_cancelled(&self, id: u64) -> bool {
         if self.cancelled_count.load(Ordering::SeqCst) == 0 {
             return false;
         }
@@ -354,15 +440,23 @@ impl<H: Host> Loop<H> {
 
     /// Answers everything still queued, so that no caller waits for a loop that is gone.
     fn drain_on_close(&self, done: &mut Vec<Completion<H::Reply>>) {
+        let closed = |id, reply| Completion { id, reply, outcome: Err(CallError::Closed), kind: ResultKind::Async };
+        let (finished, pending) = {
+            let mut t = self.tasks.lock();
+            (std::mem::take(&mut t.finished), t.take_replies())
+        };
+        done.extend(finished);
+        done.extend(pending.into_iter().map(|(id, reply)| closed(id, reply)));
         let mut batch = Vec::new();
-        while self.requests.take(self.config.max_batch, &mut batch) > 0 {
-            done.extend(batch.drain(..).map(|r| Completion {
-                id: r.id,
-                reply: r.reply,
-                outcome: Err(CallError::Closed),
-            }));
-            self.host.deliver(done);
-            done.clear();
+        loop {
+            if !done.is_empty() {
+                self.host.deliver(done);
+                done.clear();
+            }
+            if self.requests.take(self.config.max_batch, &mut batch) == 0 {
+                break;
+            }
+            done.extend(batch.drain(..).map(|r| Completion { kind: r.job.result_kind(), ..closed(r.id, r.reply) }));
         }
     }
 
@@ -370,6 +464,7 @@ impl<H: Host> Loop<H> {
         self.inbox_full.load(Ordering::SeqCst)
             || !self.requests.is_empty()
             || self.woken.load(Ordering::SeqCst)
+            || self.tasks_signal.load(Ordering::SeqCst)
             || self.closing.load(Ordering::Acquire)
     }
 
@@ -391,6 +486,10 @@ impl<H: Host> LinkOps for Loop<H> {
         let mut commands = std::mem::take(&mut *self.commands.lock());
         if !commands.is_empty() {
             self.host.send_commands(&mut commands);
+        }
+        let mut finished = std::mem::take(&mut self.tasks.lock().finished);
+        if !finished.is_empty() {
+            self.host.deliver(&mut finished);
         }
     }
 
@@ -447,15 +546,25 @@ impl<H: Host> LinkOps for Loop<H> {
         if n == 0 {
             return 0;
         }
-        self.in_batch.store(n, Ordering::SeqCst);
+        self.in_batch.fetch_add(n, Ordering::SeqCst);
+        // Sync requests run as they would outside any loop; async ones set the loop
+        // themselves while they start.
+        let running = helpers::get_running_loop(py).ok().filter(|l| !l.is_none());
+        if running.is_some() {
+            let _ = helpers::set_running_loop(py, &py.None().into_bound(py));
+        }
         let mut done = Vec::with_capacity(n);
         for req in batch.drain(..) {
             if self.closing.load(Ordering::Acquire) {
-                done.push(Completion { id: req.id, reply: req.reply, outcome: Err(CallError::Closed) });
+                let kind = req.job.result_kind();
+                done.push(Completion { id: req.id, reply: req.reply, outcome: Err(CallError::Closed), kind });
             } else if let Some(c) = self.execute(py, executor, req) {
                 done.push(c);
             }
             self.in_batch.fetch_sub(1, Ordering::SeqCst);
+        }
+        if let Some(lp) = running {
+            let _ = helpers::set_running_loop(py, &lp);
         }
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.completed.fetch_add(done.len() as u64, Ordering::Relaxed);
@@ -480,6 +589,39 @@ impl<H: Host> LinkOps for Loop<H> {
 
     fn max_batch(&self) -> usize {
         self.config.max_batch
+    }
+
+    fn deliver(&self, events: Vec<Delivered>) {
+        Loop::deliver(self, events);
+    }
+
+    fn run_task_control(&self, py: Python<'_>) {
+        Loop::run_task_control(self, py);
+    }
+
+    fn park_until(&self, done: &dyn Fn() -> bool, deadline: Option<Instant>) {
+        *self.waiter.lock() = Some(std::thread::current());
+        let spin_until = Instant::now() + self.config.spin;
+        while Instant::now() < spin_until {
+            for _ in 0..64 {
+                if done() || !self.requests.is_empty() || self.is_closing() {
+                    return;
+                }
+                std::hint::spin_loop();
+            }
+        }
+        while !(done() || !self.requests.is_empty() || self.is_closing()) {
+            match deadline {
+                None => std::thread::park(),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return;
+                    }
+                    std::thread::park_timeout(d - now);
+                }
+            }
+        }
     }
 }
 

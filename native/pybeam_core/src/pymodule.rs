@@ -71,6 +71,11 @@ pub fn _pybeam(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(pyo3::wrap_pyfunction!(crate::aio::process::spawn, m)?)?;
     m.add_function(pyo3::wrap_pyfunction!(crate::aio::process::child_poll, m)?)?;
     m.add_function(pyo3::wrap_pyfunction!(crate::aio::process::child_signal, m)?)?;
+    m.add_class::<crate::tasks::TaskDone>()?;
+    m.add_class::<crate::tasks::StreamEmit>()?;
+    m.add_function(pyo3::wrap_pyfunction!(crate::callbacks::call, m)?)?;
+    m.add_function(pyo3::wrap_pyfunction!(crate::callbacks::send, m)?)?;
+    m.add_function(pyo3::wrap_pyfunction!(crate::callbacks::is_registered, m)?)?;
     m.add("CallTimeout", py.get_type::<CallTimeout>())?;
     let scope = PyDict::new(py);
     py.run(ATOM_SOURCE, Some(&scope), None)?;

@@ -1,7 +1,7 @@
 //! Executing jobs: calls, eval, exec, and how Python errors are reported.
 mod common;
 
-use pybeam_core::jobs::{CallError, Executor, Job};
+use pybeam_core::jobs::{CallError, CallTarget, Executor, Job};
 use pybeam_core::{Outcome, Value};
 use pyo3::prelude::*;
 
@@ -11,7 +11,7 @@ fn run(job: Job) -> Outcome {
 }
 
 fn call(module: &str, function: &str, args: Vec<Value>) -> Outcome {
-    run(Job::Call { module: module.into(), function: function.into(), args, kwargs: vec![] })
+    run(Job::Call(CallTarget { module: module.into(), function: function.into(), args, kwargs: vec![] }))
 }
 
 fn python_error(outcome: Outcome) -> (String, String, String) {
@@ -36,19 +36,19 @@ fn calls_module_functions_and_attribute_paths() {
 
 #[test]
 fn keyword_arguments() {
-    let out = run(Job::Call {
+    let out = run(Job::Call(CallTarget {
         module: "builtins".into(),
         function: "int".into(),
         args: vec![Value::binary("ff")],
         kwargs: vec![("base".into(), Value::Int(16))],
-    });
+    }));
     assert_eq!(out, Ok(Value::Int(255)));
-    let twice = run(Job::Call {
+    let twice = run(Job::Call(CallTarget {
         module: "builtins".into(),
         function: "dict".into(),
         args: vec![],
         kwargs: vec![("a".into(), Value::Int(1)), ("a".into(), Value::Int(2))],
-    });
+    }));
     let (ty, msg, _) = python_error(twice);
     assert_eq!((ty.as_str(), msg.as_str()), ("TypeError", "keyword argument 'a' given twice"));
 }

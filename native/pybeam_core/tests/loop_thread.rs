@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use pybeam_core::aio::link::Command;
 use pybeam_core::jobs::CallError;
-use pybeam_core::{Completion, Host, Job, Loop, LoopConfig, Request, SubmitError, Value};
+use pybeam_core::{CallTarget, Completion, Host, Job, Loop, LoopConfig, Request, SubmitError, Value};
 
 enum Event {
     Batch(Vec<(u64, Result<Value, CallError>)>),
@@ -18,6 +18,7 @@ struct ChannelHost(Mutex<Sender<Event>>);
 
 impl Host for ChannelHost {
     type Reply = ();
+    fn event_reply(&self) {}
     fn deliver(&self, done: &mut Vec<Completion<()>>) {
         let batch = done.drain(..).map(|c| (c.id, c.outcome)).collect();
         let _ = self.0.lock().unwrap().send(Event::Batch(batch));
@@ -38,7 +39,11 @@ fn start(config: LoopConfig) -> (std::sync::Arc<Loop<ChannelHost>>, Receiver<Eve
 }
 
 fn call(id: u64, module: &str, function: &str, args: Vec<Value>) -> Request<()> {
-    Request { id, reply: (), job: Job::Call { module: module.into(), function: function.into(), args, kwargs: vec![] } }
+    Request { id, reply: (), job: Job::Call(target(module, function, args)) }
+}
+
+fn target(module: &str, function: &str, args: Vec<Value>) -> CallTarget {
+    CallTarget { module: module.into(), function: function.into(), args, kwargs: vec![] }
 }
 
 fn exec(id: u64, code: &str) -> Request<()> {

@@ -10,7 +10,7 @@ use rustler::types::tuple::get_tuple;
 use rustler::{Binary, MapIterator, Term, TermType};
 
 use pybeam_core::value::bigint_from_etf;
-use pybeam_core::{Bytes, Job, Value, MAX_DEPTH};
+use pybeam_core::{Bytes, CallTarget, Job, Value, MAX_DEPTH};
 
 use crate::atoms;
 use crate::kept_env::{KeptBinary, KeptEnv};
@@ -113,16 +113,23 @@ impl Decoder {
         Ok(())
     }
 
-    /// `{call, M, F, Args, Kwargs} | {eval, Code, Locals} | {exec, Code}`
+    /// `{call, M, F, Args, Kwargs} | {eval, Code, Locals} | {exec, Code}`,
+    /// `{async, M, F, Args, Kwargs} | {gather, [{M, F, Args, Kwargs}]}`,
+    /// `{stream, M, F, Args, Kwargs, Window}`
     pub fn job<'a>(&mut self, term: Term<'a>) -> Result<Job, DecodeError<'a>> {
         let parts = get_tuple(term).map_err(|_| DecodeError::BadArg("job is not a tuple"))?;
         match parts.as_slice() {
-            [tag, module, function, args, kwargs] if atoms::call() == *tag => Ok(Job::Call {
-                module: name(*module, "module must be an atom or a UTF-8 binary")?,
-                function: name(*function, "function must be an atom or a UTF-8 binary")?,
-                args: self.args(*args)?,
-                kwargs: self.keywords(*kwargs, "kwargs must be a map")?,
-            }),
+            [tag, m, f, a, k] if atoms::call() == *tag => Ok(Job::Call(self.target(*m, *f, *a, *k)?)),
+            [tag, m, f, a, k] if atoms::async_() == *tag => Ok(Job::Async(self.target(*m, *f, *a, *k)?)),
+            [tag, m, f, a, k, window] if atoms::stream() == *tag => {
+                let window = window
+                    .decode::<usize>()
+                    .ok()
+                    .filter(|w| (1..=1 << 20).contains(w))
+                    .ok_or(DecodeError::BadArg("window must be an integer from 1 to 1048576"))?;
+                Ok(Job::Stream { target: self.target(*m, *f, *a, *k)?, window })
+            }
+            [tag, items] if atoms::gather() == *tag => Ok(Job::Gather(self.targets(*items)?)),
             [tag, code, locals] if atoms::eval() == *tag => Ok(Job::Eval {
                 code: code_bytes(*code)?,
                 locals: self.keywords(*locals, "locals must be a map")?,
@@ -130,6 +137,33 @@ impl Decoder {
             [tag, code] if atoms::exec() == *tag => Ok(Job::Exec { code: code_bytes(*code)? }),
             _ => Err(DecodeError::BadArg("unknown job")),
         }
+    }
+
+    fn target<'a>(&mut self, m: Term<'a>, f: Term<'a>, a: Term<'a>, k: Term<'a>) -> Result<CallTarget, DecodeError<'a>> {
+        Ok(CallTarget {
+            module: name(m, "module must be an atom or a UTF-8 binary")?,
+            function: name(f, "function must be an atom or a UTF-8 binary")?,
+            args: self.args(a)?,
+            kwargs: self.keywords(k, "kwargs must be a map")?,
+        })
+    }
+
+    /// A gather's items: a proper list of `{M, F, Args, Kwargs}`.
+    fn targets<'a>(&mut self, term: Term<'a>) -> Result<Vec<CallTarget>, DecodeError<'a>> {
+        let mut out = Vec::new();
+        let mut rest = term;
+        while let Ok((head, tail)) = rest.list_get_cell() {
+            self.charge(1)?;
+            match get_tuple(head).ok().as_deref() {
+                Some([m, f, a, k]) => out.push(self.target(*m, *f, *a, *k)?),
+                _ => return Err(DecodeError::BadArg("each gather item must be {Module, Function, Args, Kwargs}")),
+            }
+            rest = tail;
+        }
+        if !rest.is_empty_list() {
+            return Err(DecodeError::BadArg("gather items must be a proper list"));
+        }
+        Ok(out)
     }
 
     /// Each argument gets the full depth budget: the list itself is not a Python value.

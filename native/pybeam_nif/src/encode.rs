@@ -51,6 +51,12 @@ pub fn call_error<'a>(env: Env<'a>, e: &CallError) -> Term<'a> {
         // Never delivered (nobody waits), but encoded for completeness.
         CallError::Interrupted => atoms::timeout().encode(env),
         CallError::Internal(msg) => (atoms::internal_error(), binary(env, msg.as_bytes())).encode(env),
+        CallError::Cancelled => atoms::cancelled().encode(env),
+        CallError::GatherFailed(failures) => {
+            let items: Vec<Term<'a>> = failures.iter().map(|(i, e)| (*i, call_error(env, e)).encode(env)).collect();
+            (atoms::gather_failed(), items).encode(env)
+        }
+        CallError::NoAsyncio => atoms::no_asyncio_loop().encode(env),
     }
 }
 

@@ -2,6 +2,7 @@
 //! values and back, resources to loops. Everything else lives in `pybeam_core`.
 
 mod atoms;
+mod callback_nif;
 mod child_nif;
 mod decode;
 mod encode;
@@ -21,6 +22,7 @@ fn load(env: Env, _info: Term) -> bool {
         return false;
     }
     pybeam_core::aio::link::set_link_factory(Box::new(link_factory::new_link));
+    pybeam_core::callbacks::set_beam(Box::new(callback_nif::NifBeam));
     select::open_type(env)
 }
 

@@ -1,10 +1,12 @@
 //! Loops as NIF resources: creation, request submission, cancellation, teardown.
 //!
 //! Results leave the loop thread as one message per batch to the loop's event process:
-//! `{'$py_results', [{Alias, Result}], [Event]}`. The event process forwards each
-//! `{Alias, Result}` to the alias, so a caller that timed out (alias deactivated) never
-//! receives a late result; results addressed to the event queue arrive as finished events,
-//! `{Id, call_result, Value}` or `{Id, call_error, Reason}`, and are appended as they are.
+//! `{'$py_results', [{Alias, Result}], [Event], [StreamItem]}`. The event process forwards
+//! each `{Alias, Result}` to the alias, so a caller that timed out (alias deactivated)
+//! never receives a late result; results addressed to the event queue arrive as finished
+//! events (`{Id, call_result | call_error | async_result | async_error, Term}`) and are
+//! appended as they are; stream items (`{Id, {data, Term}}`, `{Id, done}`,
+//! `{Id, {error, Reason}}`) go to the stream's consumer.
 //! A batch that carries large binaries is tagged `'$py_results_collect'`: the event process
 //! garbage-collects after routing it, or it would keep those binaries alive while idle.
 
@@ -17,7 +19,7 @@ use rustler::types::tuple::make_tuple;
 use rustler::{Encoder, Env, LocalPid, Monitor, OwnedEnv, Resource, ResourceArc, Term};
 
 use pybeam_core::aio::link::{Command, Delivered, Dir};
-use pybeam_core::{Completion, Host, Loop, LoopConfig, Request, SubmitError};
+use pybeam_core::{Completion, Host, Job, Loop, LoopConfig, Request, ResultKind, SubmitError};
 
 use crate::atoms;
 use crate::decode::{DecodeError, Decoder, NORMAL_BUDGET};
@@ -55,6 +57,10 @@ pub struct NifHost {
 impl Host for NifHost {
     type Reply = ReplyTo;
 
+    fn event_reply(&self) -> ReplyTo {
+        ReplyTo::Event
+    }
+
     fn deliver(&self, done: &mut Vec<Completion<ReplyTo>>) {
         let mut env = self.msg_env.lock();
         // A send fails only if the event process is gone; its callers were told by their
@@ -63,15 +69,23 @@ impl Host for NifHost {
             encode::take_large_bytes();
             let mut replies = Vec::new();
             let mut events = Vec::new();
+            let mut streams = Vec::new();
             for c in done.drain(..) {
-                match c.reply {
-                    ReplyTo::Alias { keep, alias } => {
+                match (c.reply, c.kind) {
+                    (ReplyTo::Alias { keep, alias }, _) => {
                         // SAFETY: the alias lives in `keep`, alive until the end of this arm.
                         let alias = unsafe { Term::new(env, enif_make_copy(env.as_c_arg(), alias)) };
                         replies.push(make_tuple(env, &[alias, encode::outcome(env, &c.outcome)]));
                         drop(keep);
                     }
-                    ReplyTo::Event => events.push(call_event(env, c.id, &c.outcome)),
+                    (ReplyTo::Event, ResultKind::Call) => {
+                        events.push(result_event(env, c.id, &c.outcome, atoms::call_result(), atoms::call_error()))
+                    }
+                    (ReplyTo::Event, ResultKind::Async) => {
+                        events.push(result_event(env, c.id, &c.outcome, atoms::async_result(), atoms::async_error()))
+                    }
+                    (ReplyTo::Event, ResultKind::StreamData) => streams.push(stream_item(env, c.id, &c.outcome, false)),
+                    (ReplyTo::Event, ResultKind::StreamEnd) => streams.push(stream_item(env, c.id, &c.outcome, true)),
                 }
             }
             let tag = if encode::take_large_bytes() > 0 {
@@ -79,7 +93,7 @@ impl Host for NifHost {
             } else {
                 atoms::py_results()
             };
-            (tag, replies, events).encode(env)
+            make_tuple(env, &[tag.encode(env), replies.encode(env), events.encode(env), streams.encode(env)])
         });
     }
 
@@ -121,12 +135,22 @@ fn command_term<'a>(env: Env<'a>, c: &Command) -> Term<'a> {
     }
 }
 
-/// `{Id, call_result, Value}` or `{Id, call_error, Reason}`.
-fn call_event<'a>(env: Env<'a>, id: u64, outcome: &pybeam_core::Outcome) -> Term<'a> {
+/// `{Id, call_result, Value}` or `{Id, call_error, Reason}` (and the same for async).
+fn result_event<'a>(env: Env<'a>, id: u64, outcome: &pybeam_core::Outcome, ok: rustler::Atom, err: rustler::Atom) -> Term<'a> {
     match outcome {
-        Ok(v) => make_tuple(env, &[id.encode(env), atoms::call_result().encode(env), encode::value(env, v)]),
-        Err(e) => make_tuple(env, &[id.encode(env), atoms::call_error().encode(env), encode::call_error(env, e)]),
+        Ok(v) => make_tuple(env, &[id.encode(env), ok.encode(env), encode::value(env, v)]),
+        Err(e) => make_tuple(env, &[id.encode(env), err.encode(env), encode::call_error(env, e)]),
     }
+}
+
+/// `{Id, {data, Value}}`; at the end `{Id, done}` or `{Id, {error, Reason}}`.
+fn stream_item<'a>(env: Env<'a>, id: u64, outcome: &pybeam_core::Outcome, end: bool) -> Term<'a> {
+    let item = match (outcome, end) {
+        (Ok(v), false) => (atoms::data(), encode::value(env, v)).encode(env),
+        (Ok(_), true) => atoms::done().encode(env),
+        (Err(e), _) => (atoms::error(), encode::call_error(env, e)).encode(env),
+    };
+    (id, item).encode(env)
 }
 
 pub struct LoopResource {
@@ -164,7 +188,7 @@ fn opt_u64(opts: Term<'_>, key: &str, default: u64) -> u64 {
 }
 
 /// `loop_new(EventProc, Opts) -> {ok, Loop} | {error, Reason}`.
-/// Opts: `max_batch`, `capacity`, `spin_us`, `index` (for the thread name).
+/// Opts: `max_batch`, `capacity`, `spin_us`, `max_tasks`, `index` (for the thread name).
 #[rustler::nif]
 fn loop_new<'a>(env: Env<'a>, event_proc: LocalPid, opts: Term<'a>) -> Term<'a> {
     if !opts.is_map() {
@@ -176,6 +200,7 @@ fn loop_new<'a>(env: Env<'a>, event_proc: LocalPid, opts: Term<'a>) -> Term<'a> 
         max_batch: opt_u64(opts, "max_batch", defaults.max_batch as u64).clamp(1, 1 << 16) as usize,
         capacity: opt_u64(opts, "capacity", defaults.capacity as u64).clamp(1, 1 << 24) as usize,
         spin: Duration::from_micros(opt_u64(opts, "spin_us", defaults.spin.as_micros() as u64).min(10_000)),
+        max_tasks: opt_u64(opts, "max_tasks", defaults.max_tasks as u64).clamp(1, 1 << 20) as usize,
     };
     let host = NifHost { event_proc, msg_env: Mutex::new(OwnedEnv::new()) };
     let threaded = opt_atom(opts, "thread").map(|t| atoms::false_() != t).unwrap_or(true);
@@ -236,7 +261,11 @@ fn submit_with_budget<'a>(
         Ok(job) => job,
         Err(e) => return decode_error(env, e),
     };
-    let req = Request { id, reply: ReplyTo::new(reply_to), job };
+    let reply = ReplyTo::new(reply_to);
+    if let Err(why) = check_reply(&job, &reply) {
+        return (atoms::badarg(), why).encode(env);
+    }
+    let req = Request { id, reply, job };
     match lp.lp.submit(req) {
         Ok(()) => atoms::ok().encode(env),
         Err(SubmitError::Overloaded(_)) => (atoms::error(), atoms::overloaded()).encode(env),
@@ -335,13 +364,32 @@ fn submit_many_with_budget<'a>(
             Err(e) => return decode_error(env, e),
         };
         left = decoder.budget_left();
-        reqs.push(Request { id, reply: ReplyTo::new(reply_to), job });
+        let reply = ReplyTo::new(reply_to);
+        if let Err(why) = check_reply(&job, &reply) {
+            return (atoms::badarg(), why).encode(env);
+        }
+        reqs.push(Request { id, reply, job });
     }
     match lp.lp.submit_many(reqs) {
         Ok(()) => atoms::ok().encode(env),
         Err(SubmitError::Overloaded(_)) => (atoms::error(), atoms::overloaded()).encode(env),
         Err(SubmitError::Closed(_)) => (atoms::error(), atoms::loop_destroyed()).encode(env),
     }
+}
+
+/// A stream's items go to its event process, which knows the consumer.
+fn check_reply(job: &Job, reply: &ReplyTo) -> Result<(), &'static str> {
+    match (job, reply) {
+        (Job::Stream { .. }, ReplyTo::Alias { .. }) => Err("a stream must reply to event"),
+        _ => Ok(()),
+    }
+}
+
+/// `stream_credit(Loop, Id, N)`: stream `Id` may send `N` more items.
+#[rustler::nif]
+fn stream_credit(lp: ResourceArc<LoopResource>, id: u64, n: usize) -> rustler::Atom {
+    lp.lp.grant(id, n.min(1 << 20));
+    atoms::ok()
 }
 
 fn decode_error<'a>(env: Env<'a>, e: DecodeError<'a>) -> Term<'a> {
@@ -377,6 +425,8 @@ fn loop_stats<'a>(env: Env<'a>, lp: ResourceArc<LoopResource>) -> Term<'a> {
         atoms::batches().encode(env),
         atoms::skipped().encode(env),
         atoms::closed().encode(env),
+        atoms::tasks().encode(env),
+        atoms::tasks_waiting().encode(env),
     ];
     let values = [
         s.queued.encode(env),
@@ -385,6 +435,8 @@ fn loop_stats<'a>(env: Env<'a>, lp: ResourceArc<LoopResource>) -> Term<'a> {
         s.batches.encode(env),
         s.skipped.encode(env),
         s.closed.encode(env),
+        s.tasks.encode(env),
+        s.tasks_waiting.encode(env),
     ];
     Term::map_from_term_arrays(env, &keys, &values).unwrap_or_else(|_| atoms::error().encode(env))
 }

@@ -17,7 +17,7 @@
 //! them (`close`, `_add_callback`, tests) keeps working.
 
 use std::cmp::Ordering as CmpOrdering;
-use std::collections::{BinaryHeap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -29,8 +29,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
 use super::handle::{Handle, TimerHandle};
-use super::helpers::{self, monotonic, monotonic_us};
+use super::helpers::{monotonic, monotonic_us};
 use super::link::{new_link, Command, Delivered, Dir, LinkHandle, LinkOps};
+use crate::callbacks;
 
 /// asyncio's constants (base_events.py).
 const MAXIMUM_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
@@ -86,6 +87,8 @@ pub struct LoopCore {
     wakeup_at: Mutex<Option<u64>>,
     /// Whether this loop was made from Python (it then owns its event process).
     own_link: bool,
+    /// Futures awaiting `erlang.async_call` answers, by token.
+    erlang_calls: Mutex<HashMap<u64, Py<PyAny>>>,
 }
 
 impl Drop for LoopCore {
@@ -206,6 +209,20 @@ impl LoopCore {
         item.call_method0("_run").map(|_| ())
     }
 
+    /// Resolves the future of an `erlang.async_call` (unless it was cancelled).
+    fn answer_erlang_call(&self, py: Python<'_>, token: u64, reply: &callbacks::Reply) -> PyResult<()> {
+        let Some(future) = self.erlang_calls.lock().remove(&token) else { return Ok(()) };
+        let future = future.bind(py);
+        if future.call_method0("done")?.is_truthy()? {
+            return Ok(());
+        }
+        match callbacks::reply_to_python(py, reply) {
+            Ok(value) => future.call_method1("set_result", (value,))?,
+            Err(e) => future.call_method1("set_exception", (e.value(py),))?,
+        };
+        Ok(())
+    }
+
     fn run_debug(slf: &Bound<'_, Self>, item: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         if let Ok(h) = item.cast::<Handle>() {
@@ -260,6 +277,7 @@ impl LoopCore {
             watched: Mutex::new(HashSet::new()),
             wakeup_at: Mutex::new(None),
             own_link,
+            erlang_calls: Mutex::new(HashMap::new()),
         })
     }
 
@@ -349,6 +367,22 @@ impl LoopCore {
         }
     }
 
+    /// `await erlang.async_call(name, *args)`: a future for the answer of an Erlang
+    /// function, which this loop's next iteration after the answer resolves.
+    #[pyo3(signature = (name, args, timeout = None))]
+    fn _erlang_call<'py>(
+        slf: &Bound<'py, Self>,
+        name: &str,
+        args: &Bound<'py, PyTuple>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let this = slf.get();
+        let future = slf.call_method0("create_future")?;
+        let token = callbacks::call_for_loop(this.link.clone(), name, args, timeout)?;
+        this.erlang_calls.lock().insert(token, future.clone().unbind());
+        Ok(future)
+    }
+
     /// The native loop is being destroyed (its event process is stopping).
     #[getter]
     fn _link_closing(&self) -> bool {
@@ -380,12 +414,16 @@ impl LoopCore {
                 this.arm_wakeup(t);
             }
         }
-        this.link.flush();
         // The event process wakes us for the next timer; the local limit is only a
         // safety net in case that message were lost.
         let limit = timeout.map(|t| if t > 0.0 { Duration::from_secs_f64(t) + Duration::from_millis(5) } else { Duration::ZERO });
         let link = this.link.clone();
-        let delivered = py.detach(move || link.wait(limit));
+        // What this iteration produced (commands, task results) leaves in one go, then we wait.
+        let delivered = py.detach(move || {
+            link.flush();
+            link.wait(limit)
+        });
+        this.link.run_task_control(py);
 
         let mut ready_fds: Vec<(RawFd, u32)> = Vec::new();
         let mut failed: Vec<(RawFd, u32)> = Vec::new();
@@ -401,6 +439,7 @@ impl LoopCore {
                     failed.push((fd, mask(dir)));
                 }
                 Delivered::Wakeup => *this.wakeup_at.lock() = None,
+                Delivered::Reply(token, reply) => this.answer_erlang_call(py, token, &reply)?,
             }
         }
         if !ready_fds.is_empty() || !failed.is_empty() {
@@ -414,13 +453,10 @@ impl LoopCore {
             }
         }
 
-        // Sync requests (py:call) run as they would outside any loop.
+        // Requests: sync ones (py:call) run as they would outside any loop.
         let max_batch = this.link.max_batch();
         if this.link.has_requests() {
-            let running = helpers::get_running_loop(py)?;
-            helpers::set_running_loop(py, &py.None().into_bound(py))?;
             this.link.serve_requests(py, max_batch);
-            helpers::set_running_loop(py, &running)?;
         }
 
         // Timers that are due.

@@ -27,6 +27,8 @@ pub enum Delivered {
     Failed(RawFd, Dir),
     /// The wake-up the loop asked for is due.
     Wakeup,
+    /// The answer to an `erlang.async_call` that this loop made.
+    Reply(u64, crate::callbacks::Reply),
 }
 
 /// What a loop asks of its event process, sent in batches.
@@ -62,6 +64,13 @@ pub trait LinkOps: Send + Sync + 'static {
     fn close(&self);
     /// Most callbacks to run per iteration (per GIL hold).
     fn max_batch(&self) -> usize;
+    /// Queues deliveries for the loop and wakes it (from any thread).
+    fn deliver(&self, events: Vec<Delivered>);
+    /// Cancels the tasks of async jobs whose callers gave up; grants stream credit.
+    fn run_task_control(&self, py: Python<'_>);
+    /// Parks the loop's thread (GIL released) until `done()`, a request, the loop closing,
+    /// or `deadline`.
+    fn park_until(&self, done: &dyn Fn() -> bool, deadline: Option<std::time::Instant>);
 }
 
 /// A link, as a Python object that can be handed to `ErlangEventLoop(_link=...)`.

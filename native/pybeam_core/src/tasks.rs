@@ -1,0 +1,449 @@
+//! Async jobs as asyncio tasks on a loop thread's own asyncio loop: `py:async_call`,
+//! `py:async_gather` and `py:async_stream`.
+//!
+//! A request for one of them starts its task(s) and returns at once; a done callback turns
+//! each finished task into a completion, which leaves with the loop's next batch (one
+//! message per loop iteration). At most `max_tasks` tasks run at once per loop: later items
+//! wait in FIFO order, as they would behind an `asyncio.Semaphore`. A caller that gives up
+//! has its tasks cancelled and its result dropped.
+//!
+//! Nothing here calls Python while holding the `Tasks` lock: Python code (a task's
+//! `__del__`, a done callback) may come back into this module.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Weak;
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::aio::helpers;
+use crate::jobs::{call_with, python_error, value_of, CallError, CallTarget, Outcome};
+use crate::loop_thread::{Completion, Host, Loop};
+use crate::value::Value;
+
+/// What a completion carries, so that the host can address it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResultKind {
+    /// A sync request's result.
+    Call,
+    /// An async call's or a gather's result.
+    Async,
+    /// One item of a stream.
+    StreamData,
+    /// The end of a stream: `Ok(None)` when exhausted, else why it failed.
+    StreamEnd,
+}
+
+pub(crate) enum Shape {
+    Single,
+    Gather,
+    /// Items go out as they come; the event process grants credit for more.
+    Stream { window: usize },
+}
+
+struct AsyncJob<R> {
+    /// `None` once the caller gave up: the result is dropped.
+    reply: Option<R>,
+    shape: Shape,
+    results: Vec<Option<Outcome>>,
+    remaining: usize,
+    tasks: Vec<Py<PyAny>>,
+    /// A stream's `erlang._stream.Credit`.
+    credit: Option<Py<PyAny>>,
+    /// Why a stream item could not be converted: the stream ends with it.
+    failure: Option<CallError>,
+}
+
+pub(crate) struct Start {
+    id: u64,
+    index: usize,
+    target: CallTarget,
+}
+
+pub(crate) struct Tasks<R> {
+    jobs: HashMap<u64, AsyncJob<R>>,
+    deferred: VecDeque<Start>,
+    /// Tasks started and not yet done (the gate counts these).
+    running: usize,
+    /// Ids whose caller gave up, for the loop thread to cancel.
+    cancels: Vec<u64>,
+    /// Stream credit granted by the event process.
+    credits: Vec<(u64, usize)>,
+    /// Completions made on the loop thread, sent with the next batch.
+    pub(crate) finished: Vec<Completion<R>>,
+}
+
+impl<R> Default for Tasks<R> {
+    fn default() -> Self {
+        Tasks {
+            jobs: HashMap::new(),
+            deferred: VecDeque::new(),
+            running: 0,
+            cancels: Vec::new(),
+            credits: Vec::new(),
+            finished: Vec::new(),
+        }
+    }
+}
+
+impl<R> Tasks<R> {
+    pub(crate) fn running(&self) -> usize {
+        self.running
+    }
+
+    pub(crate) fn waiting(&self) -> usize {
+        self.deferred.len()
+    }
+
+    /// The callers of every job still pending, for a loop that is going away.
+    pub(crate) fn take_replies(&mut self) -> Vec<(u64, R)> {
+        self.deferred.clear();
+        self.jobs.drain().filter_map(|(id, job)| job.reply.map(|r| (id, r))).collect()
+    }
+}
+
+/// What the Python-side callbacks below need of their loop.
+pub(crate) trait TaskSink: Send + Sync {
+    fn task_done(&self, py: Python<'_>, id: u64, index: usize, task: &Bound<'_, PyAny>);
+    fn stream_item(&self, py: Python<'_>, id: u64, item: &Bound<'_, PyAny>) -> PyResult<()>;
+}
+
+/// The done callback of a task started for a job.
+#[pyclass(module = "_pybeam", name = "TaskDone", frozen)]
+pub struct TaskDone {
+    id: u64,
+    index: usize,
+    sink: Weak<dyn TaskSink>,
+}
+
+#[pymethods]
+impl TaskDone {
+    fn __call__(&self, py: Python<'_>, task: &Bound<'_, PyAny>) {
+        if let Some(sink) = self.sink.upgrade() {
+            sink.task_done(py, self.id, self.index, task);
+        }
+    }
+}
+
+/// Hands one stream item to the loop, which sends it to the event process.
+#[pyclass(module = "_pybeam", name = "StreamEmit", frozen)]
+pub struct StreamEmit {
+    id: u64,
+    sink: Weak<dyn TaskSink>,
+}
+
+#[pymethods]
+impl StreamEmit {
+    fn __call__(&self, py: Python<'_>, item: &Bound<'_, PyAny>) -> PyResult<()> {
+        match self.sink.upgrade() {
+            Some(sink) => sink.stream_item(py, self.id, item),
+            None => Ok(()),
+        }
+    }
+}
+
+fn is_coroutine(obj: &Bound<'_, PyAny>) -> bool {
+    // SAFETY: `obj` is a live object and the GIL is held (it is bound).
+    unsafe { pyo3::ffi::PyCoro_CheckExact(obj.as_ptr()) != 0 }
+}
+
+/// The outcome of a finished task.
+fn task_outcome(py: Python<'_>, task: &Bound<'_, PyAny>) -> Outcome {
+    let read = || -> PyResult<Outcome> {
+        if task.call_method0("cancelled")?.is_truthy()? {
+            return Ok(Err(CallError::Cancelled));
+        }
+        let exc = task.call_method0("exception")?;
+        if !exc.is_none() {
+            return Ok(Err(python_error(py, &PyErr::from_value(exc))));
+        }
+        Ok(value_of(&task.call_method0("result")?))
+    };
+    read().unwrap_or_else(|e| Err(python_error(py, &e)))
+}
+
+/// A gather's list of results, or the failures by 1-based index.
+fn gathered(results: Vec<Option<Outcome>>) -> Outcome {
+    let mut values = Vec::with_capacity(results.len());
+    let mut failures = Vec::new();
+    for (i, r) in results.into_iter().enumerate() {
+        match r {
+            Some(Ok(v)) => values.push(v),
+            Some(Err(e)) => failures.push((i + 1, e)),
+            None => failures.push((i + 1, CallError::Internal("gather item never finished".into()))),
+        }
+    }
+    if failures.is_empty() {
+        Ok(Value::List(values))
+    } else {
+        Err(CallError::GatherFailed(failures))
+    }
+}
+
+impl<H: Host> Loop<H> {
+    /// Registers an async job taken from the queue and starts what the gate allows.
+    /// Returns a completion only when it is answered at once.
+    pub(crate) fn begin_async(
+        &self,
+        py: Python<'_>,
+        id: u64,
+        reply: H::Reply,
+        shape: Shape,
+        targets: Vec<CallTarget>,
+    ) -> Option<Completion<H::Reply>> {
+        if targets.is_empty() {
+            return Some(Completion { id, reply, outcome: Ok(Value::List(Vec::new())), kind: ResultKind::Async });
+        }
+        let Some(aio) = self.aio(py) else {
+            return Some(Completion { id, reply, outcome: Err(CallError::NoAsyncio), kind: ResultKind::Async });
+        };
+        let n = targets.len();
+        {
+            let mut t = self.tasks.lock();
+            t.jobs.insert(
+                id,
+                AsyncJob {
+                    reply: Some(reply),
+                    shape,
+                    results: (0..n).map(|_| None).collect(),
+                    remaining: n,
+                    tasks: Vec::new(),
+                    credit: None,
+                    failure: None,
+                },
+            );
+            t.deferred.extend(targets.into_iter().enumerate().map(|(index, target)| Start { id, index, target }));
+        }
+        // Registered first, then checked: a cancel that races with this either finds the
+        // job registered or is seen here.
+        if self.take_cancelled(id) {
+            let removed = {
+                let mut t = self.tasks.lock();
+                t.deferred.retain(|s| s.id != id);
+                t.jobs.remove(&id)
+            };
+            drop(removed);
+            self.count_skipped();
+            return None;
+        }
+        self.pump(py, &aio);
+        None
+    }
+
+    /// Starts waiting items while the gate has room.
+    fn pump(&self, py: Python<'_>, aio: &Bound<'_, PyAny>) {
+        loop {
+            let start = {
+                let mut t = self.tasks.lock();
+                if t.running >= self.config().max_tasks {
+                    return;
+                }
+                match t.deferred.pop_front() {
+                    Some(s) => {
+                        t.running += 1;
+                        s
+                    }
+                    None => return,
+                }
+            };
+            self.start_item(py, aio, start);
+        }
+    }
+
+    fn release_slot(&self) {
+        let mut t = self.tasks.lock();
+        t.running = t.running.saturating_sub(1);
+    }
+
+    /// Calls the item's function with the asyncio loop running, and makes its task.
+    fn start_item(&self, py: Python<'_>, aio: &Bound<'_, PyAny>, start: Start) {
+        let Start { id, index, target } = start;
+        let window = {
+            let t = self.tasks.lock();
+            match t.jobs.get(&id) {
+                Some(AsyncJob { shape: Shape::Stream { window }, .. }) => Some(*window),
+                Some(_) => None,
+                None => {
+                    drop(t);
+                    self.release_slot();
+                    return;
+                }
+            }
+        };
+        let Some(sink) = self.task_sink() else { return };
+        let made = self.with_running_loop(py, aio, || -> PyResult<Option<Bound<'_, PyAny>>> {
+            let executor = self.executor().ok_or_else(|| PyTypeError::new_err("loop not ready"))?;
+            let obj = call_with(py, &executor.resolve(py, &target)?, &target.args, &target.kwargs)?;
+            if let Some(window) = window {
+                let stream = py.import("erlang._stream")?;
+                let credit = stream.getattr("Credit")?.call1((aio, window))?;
+                let emit = Bound::new(py, StreamEmit { id, sink: sink.clone() })?;
+                let driver = stream.getattr("drive")?.call1((obj, emit, &credit))?;
+                if let Some(job) = self.tasks.lock().jobs.get_mut(&id) {
+                    job.credit = Some(credit.unbind());
+                }
+                return aio.call_method1("create_task", (driver,)).map(Some);
+            }
+            if is_coroutine(&obj) {
+                return aio.call_method1("create_task", (obj,)).map(Some);
+            }
+            if obj.hasattr("__await__")? {
+                let kwargs = PyDict::new(py);
+                kwargs.set_item("loop", aio)?;
+                return py.import("asyncio")?.getattr("ensure_future")?.call((obj,), Some(&kwargs)).map(Some);
+            }
+            // A plain function: its value is the result.
+            self.release_slot();
+            self.item_done(id, index, value_of(&obj));
+            Ok(None)
+        });
+        match made {
+            Ok(Some(task)) => {
+                let done = TaskDone { id, index, sink };
+                if let Err(e) = task.call_method1("add_done_callback", (done,)) {
+                    self.release_slot();
+                    self.item_done(id, index, Err(python_error(py, &e)));
+                    return;
+                }
+                if let Some(job) = self.tasks.lock().jobs.get_mut(&id) {
+                    job.tasks.push(task.unbind());
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                self.release_slot();
+                self.item_done(id, index, Err(python_error(py, &e)));
+            }
+        }
+    }
+
+    /// Runs `f` with `aio` as the running loop (an async function may ask for it), then
+    /// puts back whatever was running.
+    fn with_running_loop<'py, T>(&self, py: Python<'py>, aio: &Bound<'py, PyAny>, f: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
+        let previous = helpers::get_running_loop(py)?;
+        let switch = !previous.is(aio);
+        if switch {
+            helpers::set_running_loop(py, aio)?;
+        }
+        let result = f();
+        if switch {
+            helpers::set_running_loop(py, &previous)?;
+        }
+        result
+    }
+
+    /// One item of job `id` finished; a job whose items are all done is answered.
+    fn item_done(&self, id: u64, index: usize, outcome: Outcome) {
+        let mut t = self.tasks.lock();
+        let Some(job) = t.jobs.get_mut(&id) else { return };
+        let finished = match job.shape {
+            Shape::Single => Some((outcome, ResultKind::Async)),
+            Shape::Gather => {
+                if let Some(slot) = job.results.get_mut(index) {
+                    *slot = Some(outcome);
+                }
+                job.remaining -= 1;
+                (job.remaining == 0).then(|| (gathered(std::mem::take(&mut job.results)), ResultKind::Async))
+            }
+            Shape::Stream { .. } => {
+                let end = match job.failure.take() {
+                    Some(e) => Err(e),
+                    None => outcome.map(|_| Value::None),
+                };
+                Some((end, ResultKind::StreamEnd))
+            }
+        };
+        let Some((outcome, kind)) = finished else { return };
+        if let Some(mut job) = t.jobs.remove(&id) {
+            if let Some(reply) = job.reply.take() {
+                t.finished.push(Completion { id, reply, outcome, kind });
+            }
+            // Its tasks and credit are released after the lock.
+            drop(t);
+            drop(job);
+        }
+    }
+
+    /// Cancels the tasks of jobs whose callers gave up, and hands streams their credit.
+    pub(crate) fn run_task_control(&self, py: Python<'_>) {
+        if !self.tasks_signal.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        let (cancels, credits) = {
+            let mut t = self.tasks.lock();
+            (std::mem::take(&mut t.cancels), std::mem::take(&mut t.credits))
+        };
+        for id in cancels {
+            let removed = {
+                let mut t = self.tasks.lock();
+                t.deferred.retain(|s| s.id != id);
+                t.jobs.remove(&id)
+            };
+            if let Some(job) = removed {
+                for task in &job.tasks {
+                    if let Err(e) = task.bind(py).call_method0("cancel") {
+                        e.print(py);
+                    }
+                }
+            }
+        }
+        for (id, n) in credits {
+            let credit = self.tasks.lock().jobs.get(&id).and_then(|j| j.credit.as_ref().map(|c| c.clone_ref(py)));
+            if let Some(credit) = credit {
+                if let Err(e) = credit.bind(py).call_method1("grant", (n,)) {
+                    e.print(py);
+                }
+            }
+        }
+    }
+
+    /// From a scheduler: the caller of async job `id` gave up.
+    pub(crate) fn cancel_task(&self, id: u64) {
+        let mut t = self.tasks.lock();
+        if let Some(job) = t.jobs.get_mut(&id) {
+            job.reply = None;
+            t.cancels.push(id);
+            drop(t);
+            self.tasks_signal.store(true, Ordering::SeqCst);
+            self.wake_thread();
+        }
+    }
+
+    /// From a scheduler: the event process lets stream `id` send `n` more items.
+    pub fn grant(&self, id: u64, n: usize) {
+        self.tasks.lock().credits.push((id, n));
+        self.tasks_signal.store(true, Ordering::SeqCst);
+        self.wake_thread();
+    }
+}
+
+impl<H: Host> TaskSink for Loop<H> {
+    fn task_done(&self, py: Python<'_>, id: u64, index: usize, task: &Bound<'_, PyAny>) {
+        self.release_slot();
+        self.item_done(id, index, task_outcome(py, task));
+        if let Ok(aio) = task.call_method0("get_loop") {
+            self.pump(py, &aio);
+        }
+    }
+
+    fn stream_item(&self, _py: Python<'_>, id: u64, item: &Bound<'_, PyAny>) -> PyResult<()> {
+        let converted = value_of(item);
+        let mut t = self.tasks.lock();
+        let Some(job) = t.jobs.get_mut(&id) else { return Ok(()) };
+        match converted {
+            Ok(v) => {
+                if job.reply.is_some() {
+                    let reply = self.host().event_reply();
+                    t.finished.push(Completion { id, reply, outcome: Ok(v), kind: ResultKind::StreamData });
+                }
+                Ok(())
+            }
+            Err(e) => {
+                job.failure = Some(e);
+                Err(PyTypeError::new_err("a stream item has no Erlang form"))
+            }
+        }
+    }
+}

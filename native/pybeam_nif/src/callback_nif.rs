@@ -1,0 +1,103 @@
+//! Python calling into Erlang, the BEAM half: messages to the `py_callbacks` dispatcher,
+//! `erlang.send`, and the NIF that carries an Erlang function's answer back.
+//!
+//! Python runs only on threads the emulator does not manage, so everything here that
+//! sends does so with a NULL env (each thread reuses its own message env).
+
+use std::cell::RefCell;
+
+use rustler::sys::{enif_whereis_pid, ErlNifPid};
+use rustler::{Encoder, Env, LocalPid, OwnedEnv, Term};
+
+use pybeam_core::callbacks::{self, Beam, SendError};
+use pybeam_core::Value;
+
+use crate::atoms;
+use crate::decode::{DecodeError, Decoder, NORMAL_BUDGET};
+use crate::encode;
+
+thread_local! {
+    static MSG_ENV: RefCell<OwnedEnv> = RefCell::new(OwnedEnv::new());
+}
+
+pub struct NifBeam;
+
+fn dispatcher(env: Env<'_>) -> Option<LocalPid> {
+    let name = atoms::py_callbacks().encode(env);
+    let mut pid = std::mem::MaybeUninit::<ErlNifPid>::uninit();
+    // SAFETY: called from a thread the emulator does not manage, where a NULL env is what
+    // enif_whereis_pid expects; `pid` is an out-pointer, read only when the call succeeded.
+    unsafe {
+        if enif_whereis_pid(std::ptr::null_mut(), name.as_c_arg(), pid.as_mut_ptr()) == 0 {
+            return None;
+        }
+        Some(LocalPid::from_c_arg(pid.assume_init()))
+    }
+}
+
+impl Beam for NifBeam {
+    fn dispatch(&self, token: u64, name: &str, args: Vec<Value>, timeout_ms: u64) -> Result<(), String> {
+        MSG_ENV.with(|cell| {
+            let mut env = cell.borrow_mut();
+            let to = env
+                .run(dispatcher)
+                .ok_or_else(|| "the pybeam application is not running (no py_callbacks)".to_owned())?;
+            env.send_and_clear(&to, |env| {
+                let args: Vec<Term> = args.iter().map(|a| encode::value(env, a)).collect();
+                (atoms::py_call(), token, encode::binary(env, name.as_bytes()), args, timeout_ms).encode(env)
+            })
+            .map_err(|_| "the py_callbacks process is gone".to_owned())
+        })
+    }
+
+    fn send(&self, pid: &[u8], msg: &Value) -> Result<(), SendError> {
+        MSG_ENV.with(|cell| {
+            let mut env = cell.borrow_mut();
+            let to = env
+                .run(|env| env.binary_to_term(pid).and_then(|(t, _)| t.decode::<LocalPid>().ok()))
+                .ok_or(SendError::NotLocal)?;
+            env.clear();
+            env.send_and_clear(&to, |env| encode::value(env, msg)).map_err(|_| SendError::NotAlive)
+        })
+    }
+}
+
+/// `callback_reply(Token, {ok, Value} | {error, Reason})`: the answer of the Erlang function
+/// that call `Token` ran. `ok` (also when nobody waits any more), `dirty` when the answer is
+/// too big to decode here, or `{error, {unsupported_term, T}}` when it has no Python form.
+#[rustler::nif]
+fn callback_reply<'a>(env: Env<'a>, token: u64, reply: Term<'a>) -> Term<'a> {
+    reply_with_budget(env, token, reply, Some(NORMAL_BUDGET))
+}
+
+#[rustler::nif(schedule = "DirtyCpu")]
+fn callback_reply_dirty<'a>(env: Env<'a>, token: u64, reply: Term<'a>) -> Term<'a> {
+    reply_with_budget(env, token, reply, None)
+}
+
+fn reply_with_budget<'a>(env: Env<'a>, token: u64, reply: Term<'a>, budget: Option<usize>) -> Term<'a> {
+    let parts = rustler::types::tuple::get_tuple(reply).unwrap_or_default();
+    let (ok, value) = match parts.as_slice() {
+        [tag, v] if atoms::ok() == *tag => (true, *v),
+        [tag, v] if atoms::error() == *tag => (false, *v),
+        _ => return (atoms::badarg(), "reply must be {ok, Value} or {error, Reason}").encode(env),
+    };
+    match Decoder::new(budget).value(value) {
+        Ok(v) => {
+            callbacks::complete(token, if ok { Ok(v) } else { Err(v) });
+            atoms::ok().encode(env)
+        }
+        Err(DecodeError::NeedsDirty) => atoms::dirty().encode(env),
+        Err(DecodeError::Unsupported(t)) => (atoms::error(), (atoms::unsupported_term(), t)).encode(env),
+        Err(DecodeError::TooDeep) => (atoms::error(), (atoms::too_deep(), pybeam_core::MAX_DEPTH)).encode(env),
+        Err(DecodeError::BadArg(why)) => (atoms::badarg(), why).encode(env),
+    }
+}
+
+/// `register_name(Name, Registered)`: keeps the set of registered names that
+/// `from erlang import name` checks.
+#[rustler::nif]
+fn register_name(name: String, registered: bool) -> rustler::Atom {
+    callbacks::set_registered(&name, registered);
+    atoms::ok()
+}
