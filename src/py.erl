@@ -303,7 +303,8 @@ async_stream(Module, Function, Args, Kwargs) ->
 async_stream(Module, Function, Args, Kwargs, Opts) ->
     Argv = [Module, Function, Args, Kwargs, Opts],
     Checks = [{name, module, Module}, {name, function, Function},
-              {list, args, Args}, {map, kwargs, Kwargs}, {map, opts, Opts}],
+              {list, args, Args}, {map, kwargs, Kwargs}],
+    is_map(Opts) orelse ?BADARG({opts, Opts}, Argv),
     Window = maps:get(window, Opts, ?DEFAULT_WINDOW),
     is_integer(Window) andalso Window >= 1 andalso Window =< 1 bsl 20
         orelse ?BADARG({window, Window}, Argv),

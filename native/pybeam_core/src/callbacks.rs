@@ -11,7 +11,7 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -213,16 +213,23 @@ pub fn call(py: Python<'_>, name: &str, args: &Bound<'_, PyTuple>, timeout: Opti
     }
 }
 
+/// Threads spinning in `park_until` now. Only one spins at a time: on a machine with few
+/// cores, many spinning waiters take the CPU that the answers need.
+static SPINNING: AtomicUsize = AtomicUsize::new(0);
+
 fn park_until(done: &dyn Fn() -> bool, deadline: Instant) {
-    let spin_until = Instant::now() + SPIN;
-    while Instant::now() < spin_until {
-        for _ in 0..64 {
-            if done() {
-                return;
+    if SPINNING.fetch_add(1, Ordering::AcqRel) == 0 {
+        let spin_until = Instant::now() + SPIN;
+        'spin: while Instant::now() < spin_until {
+            for _ in 0..64 {
+                if done() {
+                    break 'spin;
+                }
+                std::hint::spin_loop();
             }
-            std::hint::spin_loop();
         }
     }
+    SPINNING.fetch_sub(1, Ordering::AcqRel);
     while !done() {
         let now = Instant::now();
         if now >= deadline {

@@ -1,0 +1,101 @@
+"""Python side of py_async_SUITE: coroutines, generators and workloads it drives."""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, AsyncIterator, Iterator
+
+# Tags of tasks that saw CancelledError, and of generators whose `finally` ran.
+cancelled: list[str] = []
+closed: list[str] = []
+# Items each stream has produced so far, by tag.
+produced: dict[str, int] = {}
+
+
+async def double(x: int, delay: float = 0.0) -> int:
+    await asyncio.sleep(delay)
+    return 2 * x
+
+
+def plain(x: int) -> int:
+    return x + 1
+
+
+def returns_awaitable(x: int) -> Any:
+    return asyncio.sleep(0, x)
+
+
+async def fail(message: str) -> None:
+    await asyncio.sleep(0)
+    raise ValueError(message)
+
+
+async def sleep_tagged(tag: str, delay: float) -> str:
+    try:
+        await asyncio.sleep(delay)
+        return tag
+    except asyncio.CancelledError:
+        cancelled.append(tag)
+        raise
+
+
+async def running_loop_is_the_threads() -> bool:
+    # An async call runs on the loop thread's own, always-running loop.
+    loop = asyncio.get_running_loop()
+    return type(loop).__name__ == "ErlangEventLoop" and loop.is_running()
+
+
+async def agen(n: int, tag: str) -> AsyncIterator[int]:
+    try:
+        for i in range(n):
+            produced[tag] = produced.get(tag, 0) + 1
+            yield i
+            await asyncio.sleep(0)
+    finally:
+        closed.append(tag)
+
+
+def gen(n: int, tag: str) -> Iterator[int]:
+    try:
+        for i in range(n):
+            produced[tag] = produced.get(tag, 0) + 1
+            yield i * 10
+    finally:
+        closed.append(tag)
+
+
+async def agen_fails_after(n: int) -> AsyncIterator[int]:
+    for i in range(n):
+        yield i
+    raise RuntimeError("stream broke")
+
+
+async def returns_list() -> list[int]:
+    await asyncio.sleep(0)
+    return [1, 2, 3]
+
+
+def produced_count(tag: str) -> int:
+    return produced.get(tag, 0)
+
+
+spins: list[int] = [0]
+
+
+def busy_callbacks(count: int, each_us: int) -> None:
+    """Fills the loop's ready queue: `count` callbacks that each spin for `each_us` µs."""
+    loop = asyncio.get_running_loop()
+    spins[0] = 0
+
+    def spin() -> None:
+        end = time.perf_counter() + each_us / 1e6
+        while time.perf_counter() < end:
+            pass
+        spins[0] += 1
+
+    for _ in range(count):
+        loop.call_soon(spin)
+
+
+def spins_done() -> int:
+    return spins[0]
