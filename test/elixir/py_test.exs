@@ -36,4 +36,31 @@ defmodule PybeamPyTest do
       :py.call(:math, :sqrt, :not_a_list)
     end
   end
+
+  test "async_gather runs coroutines concurrently, results in order" do
+    {micros, result} =
+      :timer.tc(fn -> :py.async_gather(for n <- 1..20, do: {:asyncio, :sleep, [0.1, n]}) end)
+
+    assert {:ok, Enum.to_list(1..20)} == result
+    assert micros < 500_000
+    assert {:messages, []} == Process.info(self(), :messages)
+  end
+
+  test "async_call and async_await" do
+    ref = :py.async_call(:asyncio, :sleep, [0.01, "done"])
+    assert {:ok, "done"} == :py.async_await(ref, 5000)
+  end
+
+  test "an Elixir function called from Python" do
+    :ok = :py.register_function(:elixir_upcase, fn s -> String.upcase(s) end)
+    assert {:ok, "HELLO"} == :py.eval("__import__('erlang').call('elixir_upcase', 'hello')")
+    :ok = :py.unregister_function(:elixir_upcase)
+  end
+
+  test "a stream of a Python generator" do
+    {:ok, ref} = :py.async_stream(:builtins, :range, [3])
+    items = for _ <- 1..3, do: (receive do {:py_stream, ^ref, {:data, x}} -> x end)
+    assert [0, 1, 2] == items
+    assert_receive {:py_stream, ^ref, :done}, 5000
+  end
 end
