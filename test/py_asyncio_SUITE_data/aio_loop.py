@@ -50,7 +50,9 @@ async def threadsafe_wakeup(rounds: int) -> list[Any]:
     os.set_blocking(rescue_r, False)
     results: list[Any] = []
     try:
-        for _ in range(rounds):
+        for i in range(rounds):
+            # Odd rounds wait with a deadline (a timer a minute away), even ones without.
+            far = loop.call_later(60, lambda: None) if i % 2 else None
             fut: asyncio.Future[Any] = loop.create_future()
             woken = threading.Event()
 
@@ -77,6 +79,8 @@ async def threadsafe_wakeup(rounds: int) -> list[Any]:
             thread = threading.Thread(target=worker)
             thread.start()
             result = await fut
+            if far is not None:
+                far.cancel()
             loop.remove_reader(rescue_r)
             thread.join()
             results.append(result < 0.5 if isinstance(result, float) else result)
@@ -178,7 +182,7 @@ def _normalise(message: str) -> str:
     return re.sub(r"took \d+\.\d{3} seconds", "took N seconds", message)
 
 
-async def slow_callback() -> tuple[bool, float, list[str], bool]:
+async def slow_callback() -> tuple[bool, float, list[str], bool, list[str]]:
     loop = asyncio.get_running_loop()
     loop.set_debug(True)
     loop.slow_callback_duration = 0.05
@@ -190,11 +194,19 @@ async def slow_callback() -> tuple[bool, float, list[str], bool]:
     def quick() -> None:
         pass
 
+    def boom() -> None:
+        raise ValueError("boom")
+
+    # In debug mode a failing callback's context also says where it was scheduled.
+    contexts: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda lp, context: contexts.append(context))
     with captured_asyncio_log() as records:
         loop.call_soon(blocker)
         loop.call_soon(quick)
+        loop.call_soon(boom)
         loop.call_soon(done.set_result, None)
         await done
+    loop.set_exception_handler(None)
     debug = loop.get_debug()
     loop.set_debug(False)
     # Only the blocker is certain to be slow; on a busy machine other handles may be too.
@@ -203,7 +215,7 @@ async def slow_callback() -> tuple[bool, float, list[str], bool]:
                 and "blocker" in r.getMessage()]
     took = [float(m) for w in warnings for m in re.findall(r"took (\d+\.\d+) seconds", w)]
     return debug, loop.slow_callback_duration, [_normalise(w) for w in warnings], \
-        len(took) == 1 and 0.1 <= took[0] < 1.0
+        len(took) == 1 and 0.1 <= took[0] < 1.0, [key for c in contexts for key in sorted(c)]
 
 
 async def timer_order() -> tuple[list[int], list[int]]:

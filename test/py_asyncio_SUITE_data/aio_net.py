@@ -67,8 +67,20 @@ async def _stream_client(reader: asyncio.StreamReader, writer: asyncio.StreamWri
     return echoed
 
 
+def tracked(handler: Any, tasks: list["asyncio.Task[Any]"]) -> Any:
+    """A stream handler whose tasks are kept, so that a scenario can wait for the server
+    side to finish: a task still closing when the loop closes would be cancelled."""
+    async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.append(task)
+        await handler(reader, writer)
+    return run
+
+
 async def tcp_streams(clients: int, size: int) -> list[bytes]:
-    server = await asyncio.start_server(_echo_stream, "127.0.0.1", 0)
+    handlers: list[asyncio.Task[Any]] = []
+    server = await asyncio.start_server(tracked(_echo_stream, handlers), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
 
     async def client(i: int) -> bytes:
@@ -76,7 +88,9 @@ async def tcp_streams(clients: int, size: int) -> list[bytes]:
         return await _stream_client(reader, writer, payload(i, size))
 
     async with server:
-        return list(await asyncio.gather(*(client(i) for i in range(clients))))
+        echoes = list(await asyncio.gather(*(client(i) for i in range(clients))))
+        await asyncio.gather(*handlers)
+    return echoes
 
 
 def _listen_backlog(sock: Any) -> int:

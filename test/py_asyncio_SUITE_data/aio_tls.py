@@ -8,7 +8,7 @@ import ssl
 import struct
 from typing import Any, Optional
 
-from aio_net import payload
+from aio_net import payload, tracked
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CERT = os.path.join(HERE, "localhost.pem")
@@ -39,7 +39,9 @@ async def _tls_echo_handler(reader: asyncio.StreamReader, writer: asyncio.Stream
 
 
 async def tls_echo(clients: int, size: int) -> tuple[list[bytes], list[str], list[Any]]:
-    server = await asyncio.start_server(_tls_echo_handler, "127.0.0.1", 0, ssl=server_context())
+    handlers: list[asyncio.Task[Any]] = []
+    server = await asyncio.start_server(tracked(_tls_echo_handler, handlers), "127.0.0.1", 0,
+                                        ssl=server_context())
     port = server.sockets[0].getsockname()[1]
 
     async def client(i: int) -> tuple[bytes, str, Any]:
@@ -56,6 +58,7 @@ async def tls_echo(clients: int, size: int) -> tuple[list[bytes], list[str], lis
 
     async with server:
         results = await asyncio.gather(*(client(i) for i in range(clients)))
+        await asyncio.gather(*handlers)
     return [r[0] for r in results], [r[1] for r in results], [r[2] for r in results]
 
 
