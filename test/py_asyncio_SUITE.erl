@@ -37,7 +37,8 @@ groups() ->
      {fds, [], [readers_and_writers_on_pipes_and_sockets, registering_a_closed_fd_fails]},
      {lifecycle, [], [run_stop_close, run_forever_in_another_thread,
                       erlang_run_from_a_coroutine_raises,
-                      python_loop_owns_an_event_process, loop_cycles_leak_nothing]}].
+                      python_loop_owns_an_event_process, dropped_loop_ends_its_event_process,
+                      loop_cycles_leak_nothing]}].
 
 init_per_suite(Config) ->
     {ok, _} = application:ensure_all_started(pybeam),
@@ -310,6 +311,16 @@ python_loop_owns_an_event_process(_Config) ->
     ?assertEqual([], [P || P <- Three, lists:member(P, Defaults)]),
     Mons = [erlang:monitor(process, P) || P <- Three],
     ?assertEqual({ok, [true, true, true]}, py:call(aio_lifecycle, close_loops, [])),
+    [receive {'DOWN', M, process, _, _} -> ok after 5000 -> ct:fail(event_process_outlived_loop) end
+     || M <- Mons],
+    ?assertEqual(Before, loop_pids()).
+
+dropped_loop_ends_its_event_process(_Config) ->
+    Before = loop_pids(),
+    ?assertEqual({ok, 2}, py:call(aio_lifecycle, open_loops, [2])),
+    Mons = [erlang:monitor(process, P) || P <- loop_pids() -- Before],
+    ?assertEqual(2, length(Mons)),
+    ?assertEqual({ok, 2}, py:call(aio_lifecycle, drop_loops, [])),
     [receive {'DOWN', M, process, _, _} -> ok after 5000 -> ct:fail(event_process_outlived_loop) end
      || M <- Mons],
     ?assertEqual(Before, loop_pids()).
