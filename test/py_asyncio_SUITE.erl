@@ -259,7 +259,8 @@ readers_and_writers_on_pipes_and_sockets(_Config) ->
 registering_a_closed_fd_fails(_Config) ->
     Bad = {<<"OSError">>, <<"[Errno 9] Bad file descriptor">>},
     ClosedSocket = {<<"ValueError">>, <<"Invalid file descriptor: -1">>},
-    Expected = [Bad, ClosedSocket, Bad, ClosedSocket, false, false],
+    NotPollable = {<<"PermissionError">>, <<"[Errno 1] Operation not permitted">>},
+    Expected = [Bad, ClosedSocket, Bad, ClosedSocket, false, false, NotPollable, NotPollable],
     [?assertEqual({ok, Expected}, Result)
      || Which <- [erlang, default],
         Result <- [py:call(aio_loop, closed_fds, [Which]),

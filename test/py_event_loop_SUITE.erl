@@ -383,6 +383,12 @@ bad_fds(Config) ->
     ok = py_event_loop_v2:add_reader(EP, R2, 1),
     ok = py_event_loop_v2:remove_reader(EP, R2),
     close_fds([R2, W2]),
+    %% Regular files and directories cannot be polled.
+    {ok, FileFd} = py:eval(<<"__import__('os').open(p, 0)">>, #{p => list_to_binary(code:which(?MODULE))}),
+    ?assertEqual({error, badfd}, py_event_loop_v2:add_reader(EP, FileFd, 1)),
+    {ok, DirFd} = py:eval(<<"__import__('os').open('/', 0)">>),
+    ?assertEqual({error, badfd}, py_event_loop_v2:add_reader(EP, DirFd, 1)),
+    close_fds([FileFd, DirFd]),
     ?assertMatch(#{fds := 0}, py_event_loop_v2:info(EP)).
 
 bad_callback_ids(Config) ->

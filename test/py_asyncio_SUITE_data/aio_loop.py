@@ -419,6 +419,18 @@ def closed_fds(which: str) -> list[Any]:
                     results.append((type(exc).__name__, str(exc)))
         results.append(closed in loop._selector.get_map())  # type: ignore[attr-defined]
         results.append(loop.remove_reader(closed))
+        # Regular files and directories cannot be polled: epoll refuses them.
+        with open(__file__, "rb") as regular:
+            dir_fd = os.open(os.path.dirname(__file__), os.O_RDONLY)
+            try:
+                for target in (regular.fileno(), dir_fd):
+                    try:
+                        loop.add_reader(target, lambda: None)
+                        results.append("registered")
+                    except OSError as exc:
+                        results.append((type(exc).__name__, str(exc)))
+            finally:
+                os.close(dir_fd)
         return results
     finally:
         loop.close()

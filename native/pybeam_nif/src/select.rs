@@ -162,6 +162,22 @@ pub fn fd_is_open(fd: RawFd) -> bool {
     fd >= 0 && unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0
 }
 
+/// An fd is open and can be polled. Regular files and directories cannot (epoll refuses
+/// them, and the emulator would log "Bad input fd in erts_poll()").
+pub fn fd_is_pollable(fd: RawFd) -> bool {
+    if fd < 0 {
+        return false;
+    }
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat only reads the descriptor table and fills `st`, read only on success.
+    if unsafe { libc::fstat(fd, st.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: fstat succeeded, so `st` is initialised.
+    let kind = unsafe { st.assume_init() }.st_mode & libc::S_IFMT;
+    kind != libc::S_IFREG && kind != libc::S_IFDIR
+}
+
 fn direction(dir: Atom) -> Option<c_int> {
     if dir == atoms::read() {
         Some(SELECT_READ)
@@ -177,7 +193,7 @@ fn direction(dir: Atom) -> Option<c_int> {
 #[rustler::nif]
 fn fd_watch(env: Env, fd: i64) -> Term {
     match RawFd::try_from(fd) {
-        Ok(fd) if fd_is_open(fd) => {
+        Ok(fd) if fd_is_pollable(fd) => {
             if claim(fd) {
                 (atoms::ok(), new_watch(env, fd, FdKind::Caller)).encode(env)
             } else {

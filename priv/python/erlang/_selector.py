@@ -6,8 +6,10 @@ process delivers. Only the loop waits; `select()` is not for direct use.
 """
 from __future__ import annotations
 
+import errno
 import os
 import selectors
+import stat
 from collections.abc import Mapping
 from selectors import EVENT_READ, EVENT_WRITE, SelectorKey
 from typing import Any, Iterator, Optional
@@ -57,8 +59,11 @@ class BeamSelector(selectors.BaseSelector):
         key = SelectorKey(fileobj, self._fileobj_lookup(fileobj), events, data)
         if key.fd in self._fd_to_key:
             raise KeyError(f"{fileobj!r} (FD {key.fd}) is already registered")
-        # As epoll would: a closed or invalid fd is refused now, not later.
-        os.fstat(key.fd)
+        # As epoll would: a closed or invalid fd is refused now, not later, and so are
+        # regular files and directories, which cannot be polled.
+        mode = os.fstat(key.fd).st_mode
+        if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
         self._fd_to_key[key.fd] = key
         self._loop._watch(key.fd, events, True)
         return key
