@@ -14,6 +14,7 @@ trip therefore costs the loop two readiness events, one per side.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import sys
 import time
@@ -172,7 +173,7 @@ async def _tcp_echo(connections: int, rounds: int) -> Metrics:
         for _ in range(connections):
             done: asyncio.Future[None] = loop.create_future()
             transport, client = await loop.create_connection(
-                lambda d=done: _EchoClient(rounds, d), "127.0.0.1", port)
+                functools.partial(_EchoClient, rounds, done), "127.0.0.1", port)
             clients.append((transport, client))
         start = time.perf_counter()
         for _, client in clients:
