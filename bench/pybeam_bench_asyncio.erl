@@ -9,7 +9,8 @@
 -define(VENV, "_build/benchenv").
 -define(DIR, "bench/asyncio").
 %% asyncio's socket transports recv into a fresh 256 KiB buffer per read; above the default
-%% 128 KiB threshold glibc serves each one with mmap and munmap. 1 MiB keeps them on the heap.
+%% 128 KiB threshold glibc serves each one with mmap, mremap and munmap. 1 MiB keeps them on
+%% the heap.
 -define(TUNED_MALLOC, "glibc.malloc.mmap_threshold=1048576").
 
 %% {Key, label}: Key names the loop in workloads.py, or the external variant.
