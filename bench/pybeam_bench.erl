@@ -12,7 +12,8 @@ main(Args) ->
                       [] -> {"bench/results/latest.json", []}
                   end,
     {ok, _} = application:ensure_all_started(pybeam),
-    Groups = [{<<"sync_call">>, fun sync_call/0}, {<<"event_loop">>, fun event_loop/0}],
+    Groups = [{<<"sync_call">>, fun sync_call/0}, {<<"event_loop">>, fun event_loop/0},
+              {<<"asyncio">>, fun pybeam_bench_asyncio:group/0}],
     Results = [run_group(Make()) || {Name, Make} <- Groups, Only =:= [] orelse lists:member(Name, Only)],
     Json = #{<<"runs">> => ?RUNS,
              <<"machine">> => machine(),
@@ -253,19 +254,37 @@ summarise(Workload, Samples) ->
           <<"p50_us">> => median([P || #{p50 := P} <- Samples]),
           <<"p99_us">> => median([P || #{p99 := P} <- Samples]),
           <<"rate_samples">> => [round(R) || #{rate := R} <- Samples]},
-    io:format("~-58s ~12b ~9.1f ~9.1f~n",
+    Extras = [E || #{extra := E} <- Samples],
+    io:format("~-58s ~12b ~9.1f ~9.1f~s~n",
               [maps:get(<<"name">>, M), round(maps:get(<<"rate">>, M)),
-               maps:get(<<"p50_us">>, M), maps:get(<<"p99_us">>, M)]),
-    M.
+               maps:get(<<"p50_us">>, M), maps:get(<<"p99_us">>, M), format_extra(Extras)]),
+    case Extras of
+        [] -> M;
+        _ -> M#{<<"extra">> => median_extra(Extras), <<"extra_samples">> => Extras}
+    end.
+
+%% Extra metrics of `measured' workloads (numbers by name): their medians across runs.
+median_extra(Extras) ->
+    maps:from_list([{K, median([maps:get(K, E) || E <- Extras])} || K <- maps:keys(hd(Extras))]).
+
+%% `seconds' is the rate again, in another form: only the others are worth a column.
+format_extra([]) -> "";
+format_extra(Extras) ->
+    [[" ", K, "=", io_lib:format("~.1f", [V])]
+     || {K, V} <- lists:sort(maps:to_list(median_extra(Extras))), K =/= <<"seconds">>].
 
 workload_name({calls, Name, _, _, _}) -> Name;
 workload_name({batch, Name, _, _}) -> Name;
-workload_name({samples, Name, _}) -> Name.
+workload_name({samples, Name, _}) -> Name;
+workload_name({measured, Name, _}) -> Name.
 
 workload_callers({calls, _, C, _, _}) -> C;
 workload_callers(_) -> 1.
 
 warmup({calls, Name, C, Ops, F}) -> {calls, Name, C, min(Ops, 20000), F};
+%% A self-measured workload times only its own work, on a fresh loop or OS process each
+%% time: a warm-up would warm nothing that the next run keeps.
+warmup({measured, Name, _F}) -> {measured, Name, fun() -> #{} end};
 warmup(W) -> W.
 
 %% Each measurement runs in a fresh process: an empty mailbox (a receive must not scan
@@ -295,7 +314,11 @@ measure({batch, _Name, Ops, Fun}) ->
     #{rate => 1.0e6 / PerOp, p50 => PerOp, p99 => PerOp};
 %% Latency workload: the function returns its own samples, in nanoseconds.
 measure({samples, _Name, Fun}) ->
-    (percentiles(Fun()))#{rate => 0.0}.
+    (percentiles(Fun()))#{rate => 0.0};
+%% Self-measured workload (e.g. in another OS process): the function returns its own
+%% #{rate, p50, p99} (p50 and p99 in us) and `extra', other metrics by name.
+measure({measured, _Name, Fun}) ->
+    Fun().
 
 percentiles(Lats) ->
     Sorted = lists:sort(Lats),

@@ -16,7 +16,7 @@ from typing import Any
 from _pybeam import LoopCore
 
 from ._selector import BeamSelector
-from . import _subprocess
+from . import _subprocess, _transports
 
 
 class ErlangEventLoop(LoopCore, unix_events._UnixSelectorEventLoop):  # type: ignore[misc]
@@ -58,6 +58,16 @@ class ErlangEventLoop(LoopCore, unix_events._UnixSelectorEventLoop):  # type: ig
 
     def remove_signal_handler(self, sig: int) -> bool:
         return False
+
+    # asyncio's transports, reading into a reused buffer instead of a fresh 256 KiB one.
+    def _make_socket_transport(self, sock: Any, protocol: asyncio.BaseProtocol, waiter: Any = None, *,
+                               extra: Any = None, server: Any = None) -> asyncio.Transport:
+        return _transports.make_socket_transport(self, sock, protocol, waiter,
+                                                 extra=extra, server=server)
+
+    def _make_datagram_transport(self, sock: Any, protocol: asyncio.BaseProtocol, address: Any = None,
+                                 waiter: Any = None, extra: Any = None) -> asyncio.DatagramTransport:
+        return _transports.make_datagram_transport(self, sock, protocol, address, waiter, extra)
 
     async def _make_subprocess_transport(self, protocol: asyncio.BaseProtocol, args: Any, shell: bool,
                                          stdin: Any, stdout: Any, stderr: Any, bufsize: int,
