@@ -6,9 +6,9 @@ set -eu
 out=_build/bench
 mkdir -p "$out" bench/results
 erlc -o "$out" bench/*.erl
-# The asyncio group's baselines run in a venv with uvloop.
+# The asyncio and async groups' baselines run in a venv with uvloop.
 case " ${BENCH:-asyncio} " in
-    *" asyncio "*) sh scripts/bench-env.sh ;;
+    *" asyncio "* | *" async "*) sh scripts/bench-env.sh ;;
 esac
 # Optional group names (e.g. BENCH=event_loop) limit the run.
 exec erl -noshell -pa _build/default/lib/pybeam/ebin "$out" \

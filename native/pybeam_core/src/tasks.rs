@@ -151,17 +151,46 @@ fn is_coroutine(obj: &Bound<'_, PyAny>) -> bool {
 
 /// The outcome of a finished task.
 fn task_outcome(py: Python<'_>, task: &Bound<'_, PyAny>) -> Outcome {
-    let read = || -> PyResult<Outcome> {
-        if task.call_method0("cancelled")?.is_truthy()? {
-            return Ok(Err(CallError::Cancelled));
+    match task.call_method0(pyo3::intern!(py, "result")) {
+        Ok(value) => value_of(&value),
+        Err(e) if e.is_instance_of::<pyo3::exceptions::asyncio::CancelledError>(py) => Err(CallError::Cancelled),
+        Err(e) => Err(python_error(py, &e)),
+    }
+}
+
+/// How a loop makes tasks: `asyncio.Task(coro, loop=loop)` directly, as
+/// `BaseEventLoop.create_task` does when no task factory is set and debug mode is off;
+/// otherwise through `create_task` itself.
+struct TaskFactory<'py> {
+    aio: Bound<'py, PyAny>,
+    /// `asyncio.Task` and `{'loop': aio}`, when tasks can be made directly.
+    direct: Option<(Bound<'py, PyAny>, Bound<'py, PyDict>)>,
+}
+
+static TASK_TYPE: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
+
+impl<'py> TaskFactory<'py> {
+    fn of(py: Python<'py>, aio: &Bound<'py, PyAny>) -> Self {
+        let plain = aio.getattr(pyo3::intern!(py, "_task_factory")).is_ok_and(|f| f.is_none())
+            && !aio.call_method0(pyo3::intern!(py, "get_debug")).and_then(|d| d.is_truthy()).unwrap_or(true);
+        let direct = plain
+            .then(|| TASK_TYPE.get_or_try_init(py, || -> PyResult<_> { Ok(py.import("asyncio")?.getattr("Task")?.unbind()) }))
+            .and_then(|t| t.ok())
+            .and_then(|t| {
+                let kwargs = PyDict::new(py);
+                kwargs.set_item(pyo3::intern!(py, "loop"), aio).ok()?;
+                Some((t.bind(py).clone(), kwargs))
+            });
+        TaskFactory { aio: aio.clone(), direct }
+    }
+
+    fn task(&self, coro: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let py = coro.py();
+        match &self.direct {
+            Some((task_type, kwargs)) => task_type.call((coro,), Some(kwargs)),
+            None => self.aio.call_method1(pyo3::intern!(py, "create_task"), (coro,)),
         }
-        let exc = task.call_method0("exception")?;
-        if !exc.is_none() {
-            return Ok(Err(python_error(py, &PyErr::from_value(exc))));
-        }
-        Ok(value_of(&task.call_method0("result")?))
-    };
-    read().unwrap_or_else(|e| Err(python_error(py, &e)))
+    }
 }
 
 /// A gather's list of results, or the failures by 1-based index.
@@ -232,23 +261,33 @@ impl<H: Host> Loop<H> {
         None
     }
 
-    /// Starts waiting items while the gate has room.
+    /// Starts waiting items while the gate has room, with `aio` as the running loop (an
+    /// async function may ask for it).
     fn pump(&self, py: Python<'_>, aio: &Bound<'_, PyAny>) {
-        loop {
-            let start = {
-                let mut t = self.tasks.lock();
-                if t.running >= self.config().max_tasks {
-                    return;
-                }
-                match t.deferred.pop_front() {
-                    Some(s) => {
-                        t.running += 1;
-                        s
-                    }
-                    None => return,
-                }
-            };
-            self.start_item(py, aio, start);
+        let next = || {
+            let mut t = self.tasks.lock();
+            if t.running >= self.config().max_tasks {
+                return None;
+            }
+            let start = t.deferred.pop_front()?;
+            t.running += 1;
+            Some(start)
+        };
+        let Some(first) = next() else { return };
+        let running = helpers::get_running_loop(py).ok();
+        let switch = !running.as_ref().is_some_and(|r| r.is(aio));
+        if switch {
+            let _ = helpers::set_running_loop(py, aio);
+        }
+        let factory = TaskFactory::of(py, aio);
+        let mut start = Some(first);
+        while let Some(item) = start {
+            self.start_item(py, aio, &factory, item);
+            start = next();
+        }
+        if switch {
+            let none = py.None().into_bound(py);
+            let _ = helpers::set_running_loop(py, running.as_ref().unwrap_or(&none));
         }
     }
 
@@ -257,8 +296,8 @@ impl<H: Host> Loop<H> {
         t.running = t.running.saturating_sub(1);
     }
 
-    /// Calls the item's function with the asyncio loop running, and makes its task.
-    fn start_item(&self, py: Python<'_>, aio: &Bound<'_, PyAny>, start: Start) {
+    /// Calls the item's function (the asyncio loop is running) and makes its task.
+    fn start_item(&self, py: Python<'_>, aio: &Bound<'_, PyAny>, factory: &TaskFactory<'_>, start: Start) {
         let Start { id, index, target } = start;
         let window = {
             let t = self.tasks.lock();
@@ -273,7 +312,7 @@ impl<H: Host> Loop<H> {
             }
         };
         let Some(sink) = self.task_sink() else { return };
-        let made = self.with_running_loop(py, aio, || -> PyResult<Option<Bound<'_, PyAny>>> {
+        let made = (|| -> PyResult<Option<Bound<'_, PyAny>>> {
             let executor = self.executor().ok_or_else(|| PyTypeError::new_err("loop not ready"))?;
             let obj = call_with(py, &executor.resolve(py, &target)?, &target.args, &target.kwargs)?;
             if let Some(window) = window {
@@ -284,10 +323,10 @@ impl<H: Host> Loop<H> {
                 if let Some(job) = self.tasks.lock().jobs.get_mut(&id) {
                     job.credit = Some(credit.unbind());
                 }
-                return aio.call_method1("create_task", (driver,)).map(Some);
+                return factory.task(driver).map(Some);
             }
             if is_coroutine(&obj) {
-                return aio.call_method1("create_task", (obj,)).map(Some);
+                return factory.task(obj).map(Some);
             }
             if obj.hasattr("__await__")? {
                 let kwargs = PyDict::new(py);
@@ -298,11 +337,11 @@ impl<H: Host> Loop<H> {
             self.release_slot();
             self.item_done(id, index, value_of(&obj));
             Ok(None)
-        });
+        })();
         match made {
             Ok(Some(task)) => {
                 let done = TaskDone { id, index, sink };
-                if let Err(e) = task.call_method1("add_done_callback", (done,)) {
+                if let Err(e) = task.call_method1(pyo3::intern!(py, "add_done_callback"), (done,)) {
                     self.release_slot();
                     self.item_done(id, index, Err(python_error(py, &e)));
                     return;
@@ -317,21 +356,6 @@ impl<H: Host> Loop<H> {
                 self.item_done(id, index, Err(python_error(py, &e)));
             }
         }
-    }
-
-    /// Runs `f` with `aio` as the running loop (an async function may ask for it), then
-    /// puts back whatever was running.
-    fn with_running_loop<'py, T>(&self, py: Python<'py>, aio: &Bound<'py, PyAny>, f: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
-        let previous = helpers::get_running_loop(py)?;
-        let switch = !previous.is(aio);
-        if switch {
-            helpers::set_running_loop(py, aio)?;
-        }
-        let result = f();
-        if switch {
-            helpers::set_running_loop(py, &previous)?;
-        }
-        result
     }
 
     /// One item of job `id` finished; a job whose items are all done is answered.
@@ -423,8 +447,11 @@ impl<H: Host> TaskSink for Loop<H> {
     fn task_done(&self, py: Python<'_>, id: u64, index: usize, task: &Bound<'_, PyAny>) {
         self.release_slot();
         self.item_done(id, index, task_outcome(py, task));
-        if let Ok(aio) = task.call_method0("get_loop") {
-            self.pump(py, &aio);
+        let waiting = self.tasks.lock().waiting() > 0;
+        if waiting {
+            if let Ok(aio) = task.call_method0("get_loop") {
+                self.pump(py, &aio);
+            }
         }
     }
 
