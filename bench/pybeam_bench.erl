@@ -76,6 +76,11 @@ event_loop() ->
                        || B <- lists:seq(1, K, 1000)],
                       drain(EP, K)
                   end,
+    %% asyncio.sleep(0, I) is an awaitable: each call runs as a task on the loop's asyncio loop.
+    AsyncCalls = fun() ->
+                     [ok = py_event_loop_v2:async_call(Loop, EP, I, asyncio, sleep, [0, I]) || I <- lists:seq(1, K)],
+                     drain(EP, K)
+                 end,
     SocketData = fun() -> socket_events(EP, K) end,
     RawSocket = fun() -> socket_direct(K) end,
     Lines = 50000,
@@ -89,6 +94,7 @@ event_loop() ->
                  {<<"baseline: 100,000 x erlang:send_after + receive">>, N, RawTimers},
                  {<<"call_result: 50,000 events">>, K, Calls},
                  {<<"call_result: 50,000 events, submitted 1,000 per call_many">>, K, CallBatches},
+                 {<<"async_result: 50,000 events (asyncio.sleep(0, I) tasks)">>, K, AsyncCalls},
                  {<<"socket_data: 50,000 events (tcp, packet 4)">>, K, SocketData},
                  {<<"baseline: same packets received by a plain process">>, K, RawSocket},
                  {<<"baseline: 50,000 raw messages sent and received">>, K, RawMessages},
@@ -103,8 +109,12 @@ event_loop() ->
                 / rate(M, <<"baseline: 100,000 x erlang:send_after + receive">>), 1.0),
          target("call_result >= 0.6x raw messages (ratio)",
                 rate(M, <<"call_result: 50,000 events, submitted 1,000 per call_many">>) / Raw, 0.6),
+         target("async_result >= 0.6x raw messages (ratio)",
+                rate(M, <<"async_result: 50,000 events (asyncio.sleep(0, I) tasks)">>) / Raw, 0.6),
          target("socket_data >= 0.6x raw messages (ratio)",
-                rate(M, <<"socket_data: 50,000 events (tcp, packet 4)">>) / Raw, 0.6)]
+                rate(M, <<"socket_data: 50,000 events (tcp, packet 4)">>) / Raw, 0.6),
+         target("subprocess_stdout >= 0.6x raw messages (ratio, lines/s)",
+                rate(M, <<"subprocess_stdout: 'seq 1 50000' (lines/s)">>) / Raw, 0.6)]
     end,
     {<<"event_loop">>,
      [{batch, Name, Ops, F} || {Name, Ops, F} <- Workloads]
