@@ -83,7 +83,7 @@ await_timeout_cancels_the_task(_Config) ->
 async_cancel_cancels_the_task(_Config) ->
     Tag = <<"async_cancel">>,
     Ref = py:async_call(?H, sleep_tagged, [Tag, 5.0]),
-    timer:sleep(20),
+    wait_until(fun() -> {ok, true} =:= py:eval(<<"t in __import__('async_helpers').started">>, #{t => Tag}) end),
     ?assertEqual(ok, py:async_cancel(Ref)),
     wait_until(fun() -> lists:member(Tag, cancelled_tags()) end),
     ?assertEqual({error, not_found}, py:async_cancel(Ref)),

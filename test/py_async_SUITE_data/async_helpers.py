@@ -5,7 +5,8 @@ import asyncio
 import time
 from typing import Any, AsyncIterator, Iterator
 
-# Tags of tasks that saw CancelledError, and of generators whose `finally` ran.
+# Tags of tasks that started, that saw CancelledError, and of generators whose `finally` ran.
+started: list[str] = []
 cancelled: list[str] = []
 closed: list[str] = []
 # Items each stream has produced so far, by tag.
@@ -31,6 +32,7 @@ async def fail(message: str) -> None:
 
 
 async def sleep_tagged(tag: str, delay: float) -> str:
+    started.append(tag)
     try:
         await asyncio.sleep(delay)
         return tag

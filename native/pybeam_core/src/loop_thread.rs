@@ -440,13 +440,13 @@ impl<H: Host> Loop<H> {
 
     /// Answers everything still queued, so that no caller waits for a loop that is gone.
     fn drain_on_close(&self, done: &mut Vec<Completion<H::Reply>>) {
-        let closed = |id, reply| Completion { id, reply, outcome: Err(CallError::Closed), kind: ResultKind::Async };
+        let closed = |id, reply, kind| Completion { id, reply, outcome: Err(CallError::Closed), kind };
         let (finished, pending) = {
             let mut t = self.tasks.lock();
             (std::mem::take(&mut t.finished), t.take_replies())
         };
         done.extend(finished);
-        done.extend(pending.into_iter().map(|(id, reply)| closed(id, reply)));
+        done.extend(pending.into_iter().map(|(id, reply, kind)| closed(id, reply, kind)));
         let mut batch = Vec::new();
         loop {
             if !done.is_empty() {
@@ -456,7 +456,10 @@ impl<H: Host> Loop<H> {
             if self.requests.take(self.config.max_batch, &mut batch) == 0 {
                 break;
             }
-            done.extend(batch.drain(..).map(|r| Completion { kind: r.job.result_kind(), ..closed(r.id, r.reply) }));
+            done.extend(batch.drain(..).map(|r| {
+                let kind = r.job.result_kind();
+                closed(r.id, r.reply, kind)
+            }));
         }
     }
 

@@ -97,10 +97,20 @@ impl<R> Tasks<R> {
         self.deferred.len()
     }
 
-    /// The callers of every job still pending, for a loop that is going away.
-    pub(crate) fn take_replies(&mut self) -> Vec<(u64, R)> {
+    /// The callers of every job still pending, and how each is answered, for a loop that
+    /// is going away.
+    pub(crate) fn take_replies(&mut self) -> Vec<(u64, R, ResultKind)> {
         self.deferred.clear();
-        self.jobs.drain().filter_map(|(id, job)| job.reply.map(|r| (id, r))).collect()
+        self.jobs
+            .drain()
+            .filter_map(|(id, job)| {
+                let kind = match job.shape {
+                    Shape::Stream { .. } => ResultKind::StreamEnd,
+                    Shape::Single | Shape::Gather => ResultKind::Async,
+                };
+                job.reply.map(|r| (id, r, kind))
+            })
+            .collect()
     }
 }
 
@@ -222,11 +232,15 @@ impl<H: Host> Loop<H> {
         shape: Shape,
         targets: Vec<CallTarget>,
     ) -> Option<Completion<H::Reply>> {
+        let kind = match shape {
+            Shape::Stream { .. } => ResultKind::StreamEnd,
+            Shape::Single | Shape::Gather => ResultKind::Async,
+        };
         if targets.is_empty() {
-            return Some(Completion { id, reply, outcome: Ok(Value::List(Vec::new())), kind: ResultKind::Async });
+            return Some(Completion { id, reply, outcome: Ok(Value::List(Vec::new())), kind });
         }
         let Some(aio) = self.aio(py) else {
-            return Some(Completion { id, reply, outcome: Err(CallError::NoAsyncio), kind: ResultKind::Async });
+            return Some(Completion { id, reply, outcome: Err(CallError::NoAsyncio), kind });
         };
         let n = targets.len();
         {

@@ -23,3 +23,13 @@ pub fn on_loop_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) 
         .join()
         .expect("test thread panicked")
 }
+
+/// Waits (up to 10 s) until `cond` holds: loop threads start their asyncio loop first,
+/// which takes a while on a loaded machine.
+pub fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}

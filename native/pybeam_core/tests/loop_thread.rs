@@ -90,7 +90,7 @@ fn every_request_completes_once_in_batches_of_at_most_max_batch() {
 fn a_full_queue_answers_overloaded() {
     let (lp, rx) = start(LoopConfig { capacity: 4, ..LoopConfig::default() });
     lp.submit(exec(1, "import time; time.sleep(0.3)")).ok().unwrap();
-    std::thread::sleep(Duration::from_millis(50)); // the sleep is now running, the queue empty
+    common::wait_for("the sleep to run, the queue empty", || lp.stats().running == 1 && lp.stats().queued == 0);
     for id in 2..=5 {
         assert!(lp.submit(exec(id, "pass")).is_ok());
     }
@@ -118,8 +118,7 @@ fn a_cancelled_queued_request_is_skipped() {
 fn a_cancelled_running_request_is_interrupted_and_the_loop_goes_on() {
     let (lp, rx) = start(LoopConfig::default());
     lp.submit(exec(7, "while True: pass")).ok().unwrap();
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(lp.stats().running, 1);
+    common::wait_for("the request to start", || lp.stats().running == 1);
     let t0 = Instant::now();
     lp.cancel(7);
     lp.submit(call(8, "math", "sqrt", vec![Value::Float(9.0)])).ok().unwrap();

@@ -155,9 +155,10 @@ fn at_most_max_tasks_run_at_once() {
     let t0 = Instant::now();
     let items = (0..6).map(|i| target("double", vec![Value::Int(i), Value::Float(0.1)])).collect();
     submit(&lp, 30, Job::Gather(items));
-    std::thread::sleep(Duration::from_millis(50));
-    let stats = lp.stats();
-    assert_eq!((stats.tasks, stats.tasks_waiting), (2, 4));
+    common::wait_for("two tasks running, four waiting", || {
+        let stats = lp.stats();
+        (stats.tasks, stats.tasks_waiting) == (2, 4)
+    });
     assert_eq!(next(&rx).2, Ok(Value::List((0..6).map(|i| Value::Int(2 * i)).collect())));
     // Three rounds of two.
     assert!(t0.elapsed() >= Duration::from_millis(300), "{:?}", t0.elapsed());
@@ -170,8 +171,7 @@ fn at_most_max_tasks_run_at_once() {
 fn a_cancelled_job_cancels_its_tasks_and_answers_nothing() {
     let (lp, rx) = start(LoopConfig { max_tasks: 1, ..LoopConfig::default() });
     submit(&lp, 40, Job::Gather(vec![target("forever", vec![Value::binary("a")]), target("forever", vec![Value::binary("b")])]));
-    std::thread::sleep(Duration::from_millis(50));
-    assert_eq!((lp.stats().tasks, lp.stats().tasks_waiting), (1, 1));
+    common::wait_for("one task running, one waiting", || (lp.stats().tasks, lp.stats().tasks_waiting) == (1, 1));
     lp.cancel(40);
     // The running task saw CancelledError; the waiting item never started.
     let logged = |tag: &str| eval(&lp, &rx, 41, &format!("'{tag}' in __import__('tasks_helpers').log"));
