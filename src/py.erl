@@ -169,7 +169,9 @@ async_cancel(Ref) ->
     ?BADARG({ref, Ref}, [Ref]).
 
 cancel_stream(Ref) ->
-    case ets:lookup(py_streams, Ref) of
+    %% The table goes with the application.
+    Found = try ets:lookup(py_streams, Ref) catch error:badarg -> [] end,
+    case Found of
         [{Ref, EventProc, Id}] ->
             Reply = case py_event_proc:call(EventProc, {stream_cancel, Id}) of
                         ok -> ok;
