@@ -45,6 +45,24 @@ def counts(runner: str, text: str) -> tuple[int, int] | None:
     return total - failed, failed
 
 
+def failed_cases(runner: str, text: str) -> list[str]:
+    """Names (and the start of the reason) of failed cases, so that the last lines of a
+    CI log say which test failed, not only how many."""
+    if runner == "ct":
+        # rebar3 prints `%%% Suite ==> case: FAILED` then `%%% Suite ==> Reason`.
+        lines = text.splitlines()
+        found = []
+        for i, line in enumerate(lines):
+            if m := re.match(r"%%% (\S+) ==> (.+): FAILED", line):
+                reason = lines[i + 1] if i + 1 < len(lines) else ""
+                reason = reason.split("==>", 1)[-1].strip()
+                found.append(f"{m[1]}:{m[2]} {reason[:300]}")
+        return found
+    if runner in ("eunit", "exunit"):
+        return re.findall(r"^\s*\d+\) (.+)$", text, re.M)[:20]
+    return []
+
+
 def main(log_dir: str) -> int:
     passed = failed = 0
     for log in sorted(pathlib.Path(log_dir).glob("*.log")):
@@ -60,6 +78,8 @@ def main(log_dir: str) -> int:
         if code != 0 and f == 0:
             print(f"{runner}: exited {code} without a reported failure; counted as 1 failure")
             f = 1
+        for name in failed_cases(runner, text):
+            print(f"{runner}: FAILED {name}")
         print(f"{runner}: {p} passed, {f} failed")
         passed += p
         failed += f
