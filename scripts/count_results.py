@@ -49,14 +49,19 @@ def failed_cases(runner: str, text: str) -> list[str]:
     """Names (and the start of the reason) of failed cases, so that the last lines of a
     CI log say which test failed, not only how many."""
     if runner == "ct":
-        # rebar3 prints `%%% Suite ==> case: FAILED` then `%%% Suite ==> Reason`.
+        # rebar3 prints `%%% Suite ==> case: FAILED`, then the reason over a few lines.
         lines = text.splitlines()
         found = []
         for i, line in enumerate(lines):
             if m := re.match(r"%%% (\S+) ==> (.+): FAILED", line):
-                reason = lines[i + 1] if i + 1 < len(lines) else ""
-                reason = reason.split("==>", 1)[-1].strip()
-                found.append(f"{m[1]}:{m[2]} {reason[:300]}")
+                reason = []
+                for following in lines[i + 1 : i + 8]:
+                    following = following.split("==>", 1)[-1].strip()
+                    if following.startswith(("%%%", "...")):
+                        break
+                    if following:
+                        reason.append(following)
+                found.append(f"{m[1]}:{m[2]} {' '.join(reason)[:400]}")
         return found
     if runner in ("eunit", "exunit"):
         return re.findall(r"^\s*\d+\) (.+)$", text, re.M)[:20]

@@ -59,7 +59,7 @@ end_per_testcase(_Case, Config) ->
     Before = ?config(loop_children, Config),
     try
         {ok, 4.0} = py:call(math, sqrt, [16.0]),
-        wait_until(fun() -> loop_children() =:= Before end, 5000),
+        py_test_util:wait_until(fun() -> loop_children() =:= Before end, 5000),
         Before = loop_children(),
         ok
     catch
@@ -332,14 +332,14 @@ loop_cycles_leak_nothing(Config) ->
     %% after close() returns, so the baseline waits for the last one.
     Children0 = ?config(loop_children, Config),
     {ok, 10} = py:call(aio_lifecycle, cycles, [10]),
-    wait_until(fun() -> loop_children() =:= Children0 end, 5000),
+    py_test_util:wait_until(fun() -> loop_children() =:= Children0 end, 5000),
     Fds0 = open_fds(),
     ?assertEqual({ok, 200}, py:call(aio_lifecycle, cycles, [200], #{}, #{timeout => ?CALL_TIMEOUT})),
     ?assertEqual({ok, 100}, py:call(aio_suite, call_in_thread, [aio_lifecycle, cycles, 100],
                                     #{}, #{timeout => ?CALL_TIMEOUT})),
-    wait_until(fun() -> loop_children() =:= Children0 end, 5000),
+    py_test_util:wait_until(fun() -> loop_children() =:= Children0 end, 5000),
     ?assertEqual(Children0, loop_children()),
-    wait_until(fun() -> open_fds() =:= Fds0 end, 5000),
+    py_test_util:wait_until(fun() -> open_fds() =:= Fds0 end, 5000),
     ?assertEqual(Fds0, open_fds()).
 
 %%% Helpers
@@ -376,10 +376,3 @@ open_fds() ->
 
 %% Polls a condition that no event announces; the caller asserts on the final state, so
 %% a failure shows the values.
-wait_until(_Fun, Timeout) when Timeout =< 0 ->
-    ok;
-wait_until(Fun, Timeout) ->
-    case Fun() of
-        true -> ok;
-        false -> timer:sleep(10), wait_until(Fun, Timeout - 10)
-    end.

@@ -152,17 +152,27 @@ late_result_never_reaches_the_mailbox(_Config) ->
     %% time.sleep cannot be interrupted while it sleeps: the result is produced after the
     %% caller gave up, and must be dropped.
     ?assertEqual({error, timeout}, py:call(time, sleep, [0.3], #{}, #{timeout => 50})),
-    timer:sleep(500),
+    %% The loop thread runs requests in order and its results travel in order, so once
+    %% the next call's answer is here, the late result has been routed (or dropped).
+    ?assertEqual({ok, 2.0}, py:call(math, sqrt, [4.0])),
     ?assertEqual({messages, []}, process_info(self(), messages)).
 
 queued_request_of_timed_out_caller_is_skipped(_Config) ->
     #{skipped := Skipped0} = info(),
-    Blocker = spawn(fun() -> py:call(time, sleep, [0.3]) end),
-    timer:sleep(50),
+    %% The blocker says when its Python code runs, so that the next request is surely
+    %% queued behind it, however slowly this machine runs the test.
+    Self = self(),
+    Blocker = spawn(fun() ->
+                            py:call(builtins, exec,
+                                    [<<"import erlang, time\n"
+                                       "erlang.send(me, erlang.Atom('running'))\n"
+                                       "time.sleep(0.3)">>, #{<<"me">> => Self}])
+                    end),
+    receive running -> ok after 5000 -> ct:fail(blocker_never_ran) end,
     ?assertEqual({error, timeout},
                  py:call(builtins, exec, [<<"raise RuntimeError('must not run')">>, #{}], #{},
                          #{timeout => 20})),
-    timer:sleep(400),
+    py_test_util:wait_until(fun() -> maps:get(skipped, info()) > Skipped0 end, 5000),
     ?assertMatch(#{skipped := S} when S =:= Skipped0 + 1, info()),
     exit(Blocker, kill).
 
@@ -171,11 +181,12 @@ overloaded_queue_answers_overloaded(_Config) ->
     Loop = py_event_proc:handle(EventProc),
     Self = self(),
     Busy = fun(Tag) -> spawn(fun() -> Self ! {Tag, py:call(time, sleep, [0.3], #{}, #{loop => Loop})} end) end,
+    Stats = fun() -> py_event_proc:info(EventProc) end,
     Busy(running),
-    timer:sleep(50),
+    py_test_util:wait_until(fun() -> maps:get(running, Stats()) =:= 1 end),
     Busy(q1),
     Busy(q2),
-    timer:sleep(50),
+    py_test_util:wait_until(fun() -> maps:get(queued, Stats()) =:= 2 end),
     ?assertEqual({error, overloaded}, py:call(math, sqrt, [1.0], #{}, #{loop => Loop})),
     [receive {Tag, R} -> ?assertEqual({ok, none}, R) after 5000 -> ct:fail({no_reply, Tag}) end
      || Tag <- [running, q1, q2]],

@@ -87,7 +87,7 @@ a_callback_that_never_returns_times_out(_Config) ->
     ?assert(Elapsed >= 200 andalso Elapsed < 2000),
     Worker = receive {hanging, P} -> P after 1000 -> ct:fail(no_worker) end,
     %% The process that ran it was killed, not left behind.
-    wait_until(fun() -> not is_process_alive(Worker) end),
+    py_test_util:wait_until(fun() -> not is_process_alive(Worker) end),
     %% The loop goes on serving.
     ?assertEqual({ok, 3}, py:call(?H, call, [add, 1, 2])).
 
@@ -106,7 +106,7 @@ send_to_a_pid(_Config) ->
 
 send_to_dead_and_remote_pids(_Config) ->
     Dead = spawn(fun() -> ok end),
-    wait_until(fun() -> not is_process_alive(Dead) end),
+    py_test_util:wait_until(fun() -> not is_process_alive(Dead) end),
     ?assertEqual({ok, [<<"erlang.ProcessError">>, <<"no such process">>, true]},
                  py:call(?H, send_error, [Dead, hi])),
     Remote = remote_pid(),
@@ -176,13 +176,3 @@ remote_pid() ->
     Node = atom_to_binary('other@host'),
     binary_to_term(<<131, 88, 119, (byte_size(Node)), Node/binary, 0:32, 1:32, 1:32>>).
 
-wait_until(F) ->
-    wait_until(F, 5000).
-
-wait_until(F, Ms) when Ms =< 0 ->
-    ?assert(F());
-wait_until(F, Ms) ->
-    case F() of
-        true -> ok;
-        false -> timer:sleep(10), wait_until(F, Ms - 10)
-    end.

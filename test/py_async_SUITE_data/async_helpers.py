@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import asyncio
+import mmap
+import os
+import struct
 import time
 from typing import Any, AsyncIterator, Iterator
 
@@ -84,16 +87,26 @@ def produced_count(tag: str) -> int:
 spins: list[int] = [0]
 
 
-def busy_callbacks(count: int, each_us: int) -> None:
-    """Fills the loop's ready queue: `count` callbacks that each spin for `each_us` µs."""
+def busy_callbacks(count: int, each_us: int, counter_path: str) -> None:
+    """Fills the loop's ready queue: `count` callbacks that each spin for `each_us` µs.
+
+    Each also writes how many have run into `counter_path` (through a shared mapping), so
+    that Erlang can read the count without going through the busy loop."""
     loop = asyncio.get_running_loop()
     spins[0] = 0
+    fd = os.open(counter_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.ftruncate(fd, 8)
+        counter = mmap.mmap(fd, 8)
+    finally:
+        os.close(fd)
 
     def spin() -> None:
         end = time.perf_counter() + each_us / 1e6
         while time.perf_counter() < end:
             pass
         spins[0] += 1
+        struct.pack_into("<Q", counter, 0, spins[0])
 
     for _ in range(count):
         loop.call_soon(spin)
