@@ -101,8 +101,13 @@ class BeamSelector(selectors.BaseSelector):
         for key in self._fd_to_key.values():
             self._loop._watch(key.fd, key.events, False)
         self._fd_to_key.clear()
+        # The selector, its map and its loop form a cycle: broken here, a closed loop (and
+        # the native loop it holds, with its request queue) is freed at once, not at the
+        # next full garbage collection. selectors' own close() drops its map the same way.
+        self._map = None  # type: ignore[assignment]
+        self._loop = None
 
-    def get_map(self) -> Mapping[Any, SelectorKey]:
+    def get_map(self) -> Optional[Mapping[Any, SelectorKey]]:
         return self._map
 
     # Called by the loop's native core.
