@@ -419,18 +419,23 @@ rearm_delivered(#state{fd_delivered = Delivered, fds = Fds} = S) ->
 
 deliver(#state{waiters = [W | Rest]} = S) ->
     #waiter{from = {Pid, _} = From, mon = Mon, timer = Timer} = W,
-    erlang:demonitor(Mon, [flush]),
-    cancel_poll_timer(Timer),
     %% A waiter that just died would take the events with it; it is skipped instead.
+    %% The reply goes out before the monitor and timer are cleaned up: the waiter's
+    %% latency is what the clean-up would otherwise add.
     case is_process_alive(Pid) of
         true ->
             {Events, S1} = take_events(S#state{waiters = Rest}),
             gen:reply(From, Events),
+            erlang:demonitor(Mon, [flush]),
+            cancel_poll_timer(Timer),
             S1;
-        false when Rest =:= [] ->
-            S#state{waiters = []};
         false ->
-            deliver(S#state{waiters = Rest})
+            erlang:demonitor(Mon, [flush]),
+            cancel_poll_timer(Timer),
+            case Rest of
+                [] -> S#state{waiters = []};
+                _ -> deliver(S#state{waiters = Rest})
+            end
     end.
 
 poll(From, Timeout, S) ->
