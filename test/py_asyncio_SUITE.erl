@@ -38,7 +38,7 @@ groups() ->
      {lifecycle, [], [run_stop_close, run_forever_in_another_thread,
                       erlang_run_from_a_coroutine_raises,
                       python_loop_owns_an_event_process, dropped_loop_ends_its_event_process,
-                      loop_cycles_leak_nothing]}].
+                      closed_loops_are_freed_without_gc, loop_cycles_leak_nothing]}].
 
 init_per_suite(Config) ->
     {ok, _} = application:ensure_all_started(pybeam),
@@ -325,6 +325,11 @@ dropped_loop_ends_its_event_process(_Config) ->
     [receive {'DOWN', M, process, _, _} -> ok after 5000 -> ct:fail(event_process_outlived_loop) end
      || M <- Mons],
     ?assertEqual(Before, loop_pids()).
+
+closed_loops_are_freed_without_gc(_Config) ->
+    %% As with asyncio's own loops, reference counting alone frees a closed loop.
+    ?assertEqual({ok, 0}, py:call(aio_lifecycle, survivors_without_gc, [<<"asyncio">>, 20])),
+    ?assertEqual({ok, 0}, py:call(aio_lifecycle, survivors_without_gc, [<<"erlang">>, 20])).
 
 loop_cycles_leak_nothing(Config) ->
     %% Whatever the first loops open for good (lazy imports) is in the baseline, so what

@@ -7,6 +7,7 @@ import gc
 import socket
 import threading
 import warnings
+import weakref
 from typing import Any, Callable
 
 import erlang
@@ -181,3 +182,24 @@ def policy() -> tuple[str, str, bool, str]:
             type(old).__name__
     finally:
         asyncio.set_event_loop_policy(old)
+
+
+def survivors_without_gc(make: str, n: int) -> int:
+    """Runs and closes n loops with the collector off: how many outlive their last
+    reference. A cycle would keep a closed loop, and the native loop it holds, until the
+    next full collection."""
+    new_loop = erlang.new_event_loop if make == "erlang" else asyncio.new_event_loop
+    refs = []
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(n):
+            loop = new_loop()
+            loop.run_until_complete(asyncio.sleep(0))
+            loop.close()
+            refs.append(weakref.ref(loop))
+            del loop
+        return sum(1 for ref in refs if ref() is not None)
+    finally:
+        if enabled:
+            gc.enable()
