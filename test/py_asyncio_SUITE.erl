@@ -59,7 +59,7 @@ end_per_testcase(_Case, Config) ->
     Before = ?config(loop_children, Config),
     try
         {ok, 4.0} = py:call(math, sqrt, [16.0]),
-        py_test_util:wait_until(fun() -> loop_children() =:= Before end, 5000),
+        py_test_util:wait_equal(Before, fun loop_children/0, 5000),
         Before = loop_children(),
         ok
     catch
@@ -337,15 +337,15 @@ loop_cycles_leak_nothing(Config) ->
     %% after close() returns, so the baseline waits for the last one.
     Children0 = ?config(loop_children, Config),
     {ok, 10} = py:call(aio_lifecycle, cycles, [10]),
-    py_test_util:wait_until(fun() -> loop_children() =:= Children0 end, 5000),
-    Fds0 = open_fds(),
+    py_test_util:wait_equal(Children0, fun loop_children/0, 5000),
+    Fds0 = py_test_util:open_fds(),
     ?assertEqual({ok, 200}, py:call(aio_lifecycle, cycles, [200], #{}, #{timeout => ?CALL_TIMEOUT})),
     ?assertEqual({ok, 100}, py:call(aio_suite, call_in_thread, [aio_lifecycle, cycles, 100],
                                     #{}, #{timeout => ?CALL_TIMEOUT})),
-    py_test_util:wait_until(fun() -> loop_children() =:= Children0 end, 5000),
+    py_test_util:wait_equal(Children0, fun loop_children/0, 5000),
     ?assertEqual(Children0, loop_children()),
-    py_test_util:wait_until(fun() -> open_fds() =:= Fds0 end, 5000),
-    ?assertEqual(Fds0, open_fds()).
+    py_test_util:wait_equal(Fds0, fun py_test_util:open_fds/0, 5000),
+    ?assertEqual(Fds0, py_test_util:open_fds()).
 
 %%% Helpers
 
@@ -374,10 +374,3 @@ loop_children() ->
 
 loop_pids() ->
     lists:sort([Pid || {_, Pid, _, _} <- supervisor:which_children(py_loop_sup), is_pid(Pid)]).
-
-open_fds() ->
-    {ok, Fds} = file:list_dir("/proc/self/fd"),
-    length(Fds).
-
-%% Polls a condition that no event announces; the caller asserts on the final state, so
-%% a failure shows the values.

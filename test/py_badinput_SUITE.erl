@@ -111,7 +111,7 @@ hundred_mb_binary(_Config) ->
     ok = py:exec(<<"import tracemalloc\ntracemalloc.start()">>),
     {ok, PyBefore} = py:eval(<<"tracemalloc.get_traced_memory()[0]">>),
     BinBefore = erlang:memory(binary),
-    RssBefore = rss_mb(),
+    RssBefore = py_test_util:rss_mb(),
     Fun = fun() ->
               Bin = binary:copy(<<"x">>, Size),
               {ok, Size} = py:call(builtins, len, [Bin]),
@@ -136,8 +136,8 @@ hundred_mb_binary(_Config) ->
     %% The OS gets it back too. The emulator may keep one freed block of the test's own
     %% 100 MB input binary cached in its allocator for a while (it does so without Python
     %% in the picture as well), so the bound allows that one block and no more.
-    py_test_util:wait_until(fun() -> rss_mb() - RssBefore < 130 end, 10000),
-    ct:pal("RSS before ~b MB, after ~b MB", [RssBefore, rss_mb()]),
+    py_test_util:wait_until(fun() -> py_test_util:rss_mb() - RssBefore < 130 end, 10000),
+    ct:pal("RSS before ~b MB, after ~b MB", [RssBefore, py_test_util:rss_mb()]),
     still_serves().
 
 syntax_error(_Config) ->
@@ -252,10 +252,3 @@ badarg_cause(Fun) ->
 info() ->
     [{_Loop, EventProc}] = py_loops:default_loops(),
     py_event_proc:info(EventProc).
-
-rss_mb() ->
-    {ok, Status} = file:read_file("/proc/self/status"),
-    [_, Rest] = binary:split(Status, <<"VmRSS:">>),
-    [Kb | _] = string:lexemes(Rest, " \t\n"),
-    binary_to_integer(Kb) div 1024.
-

@@ -55,15 +55,15 @@ create_and_destroy_1000_loops(_Config) ->
     %% Allocator caches (glibc arenas, the emulator's carriers) settle during the first
     %% loops; the baseline is taken after them, so what remains is what loops leak.
     Cycle(100),
-    py_test_util:wait_until(fun() -> loop_threads() =:= 1 end, 10000),
-    Fds0 = open_fds(),
-    Rss0 = rss_mb(),
+    py_test_util:wait_equal(1, fun loop_threads/0, 10000),
+    Fds0 = py_test_util:open_fds(),
+    Rss0 = py_test_util:rss_mb(),
     Cycle(1000),
     %% Each loop's thread finishes on its own once closed: only this case's loop is left.
-    py_test_util:wait_until(fun() -> loop_threads() =:= 1 end, 10000),
-    ?assertEqual(Fds0, open_fds()),
-    py_test_util:wait_until(fun() -> rss_mb() - Rss0 < 20 end, 5000),
-    ct:pal("RSS ~b MB before, ~b MB after 1000 loops", [Rss0, rss_mb()]),
+    py_test_util:wait_equal(1, fun loop_threads/0, 10000),
+    ?assertEqual(Fds0, py_test_util:open_fds()),
+    py_test_util:wait_until(fun() -> py_test_util:rss_mb() - Rss0 < 20 end, 5000),
+    ct:pal("RSS ~b MB before, ~b MB after 1000 loops", [Rss0, py_test_util:rss_mb()]),
     %% Only this test case's own loop is left under the loop supervisor.
     ?assertMatch([{_, Pid, worker, _}] when is_pid(Pid), supervisor:which_children(py_loop_sup)).
 
@@ -453,7 +453,7 @@ kill_default_event_process(_Config) ->
     ?assert(NewEP =/= EP andalso is_process_alive(NewEP)),
     ?assertEqual({ok, 4.0}, py:call(math, sqrt, [16.0])),
     %% ...and the old loop's thread is gone: one default loop thread again.
-    py_test_util:wait_until(fun() -> default_loop_threads() =:= 1 end, 5000),
+    py_test_util:wait_equal(1, fun default_loop_threads/0, 5000),
     ?assertEqual(true, maps:get(closed, py_nif:loop_stats(Loop))).
 
 %%% Helpers
@@ -517,16 +517,6 @@ threads_named(Name) ->
     {ok, Tasks} = file:list_dir("/proc/self/task"),
     length([T || T <- Tasks, file:read_file("/proc/self/task/" ++ T ++ "/comm") =:= {ok, Name}]).
 
-open_fds() ->
-    {ok, Fds} = file:list_dir("/proc/self/fd"),
-    length(Fds).
-
-rss_mb() ->
-    {ok, Status} = file:read_file("/proc/self/status"),
-    [_, Rest] = binary:split(Status, <<"VmRSS:">>),
-    [Kb | _] = string:lexemes(Rest, " \t\n"),
-    binary_to_integer(Kb) div 1024.
-
 badarg_cause(Fun) ->
     try Fun() of
         Result -> ct:fail({expected_badarg, Result})
@@ -536,4 +526,3 @@ badarg_cause(Fun) ->
             #{cause := Cause} = proplists:get_value(error_info, Info),
             Cause
     end.
-
