@@ -24,6 +24,7 @@ use pyo3::types::{PyTuple, PyType};
 
 use crate::aio::link::{Delivered, LinkOps};
 use crate::convert::{from_python, to_python, ToValueError};
+use crate::mailbox::park_until_ready;
 use crate::pymodule::Pid;
 use crate::value::Value;
 
@@ -230,13 +231,7 @@ fn park_until(done: &dyn Fn() -> bool, deadline: Instant) {
         }
     }
     SPINNING.fetch_sub(1, Ordering::AcqRel);
-    while !done() {
-        let now = Instant::now();
-        if now >= deadline {
-            return;
-        }
-        std::thread::park_timeout(deadline - now);
-    }
+    park_until_ready(done, Some(deadline));
 }
 
 /// Starts a call whose answer is delivered to `link`'s loop as `Delivered::Reply(token)`.

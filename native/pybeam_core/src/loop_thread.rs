@@ -30,7 +30,7 @@ use crate::callbacks;
 use crate::interpreter::ThreadAttachment;
 use crate::interrupt::{interrupt, RunState};
 use crate::jobs::{CallError, Executor, Job, Outcome};
-use crate::mailbox::Mailbox;
+use crate::mailbox::{park_until_ready, Mailbox};
 use crate::tasks::{ResultKind, Shape, TaskSink, Tasks};
 
 /// The BEAM-facing side of a loop: where completions and commands go.
@@ -518,18 +518,7 @@ impl<H: Host> LinkOps for Loop<H> {
                 break 'spin;
             }
         }
-        while !self.has_work() {
-            match deadline {
-                None => std::thread::park(),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        break;
-                    }
-                    std::thread::park_timeout(d - now);
-                }
-            }
-        }
+        park_until_ready(|| self.has_work(), deadline);
         self.take_inbox()
     }
 
@@ -613,18 +602,7 @@ impl<H: Host> LinkOps for Loop<H> {
                 std::hint::spin_loop();
             }
         }
-        while !(done() || !self.requests.is_empty() || self.is_closing()) {
-            match deadline {
-                None => std::thread::park(),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return;
-                    }
-                    std::thread::park_timeout(d - now);
-                }
-            }
-        }
+        park_until_ready(|| done() || !self.requests.is_empty() || self.is_closing(), deadline);
     }
 }
 

@@ -10,6 +10,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::thread::Thread;
+use std::time::Instant;
 
 use crossbeam_queue::ArrayQueue;
 
@@ -116,11 +117,47 @@ impl<T> Mailbox<T> {
     }
 }
 
+/// Parks the calling thread until `ready()` holds or `deadline` passes. Whoever makes
+/// `ready()` true unparks the thread after; an early or spurious wake-up just looks again.
+pub fn park_until_ready(ready: impl Fn() -> bool, deadline: Option<Instant>) {
+    while !ready() {
+        match deadline {
+            None => std::thread::park(),
+            Some(d) => {
+                let now = Instant::now();
+                if now >= d {
+                    return;
+                }
+                std::thread::park_timeout(d - now);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::Arc;
     use std::time::Duration;
+
+    #[test]
+    fn park_until_ready_returns_when_ready_or_at_the_deadline() {
+        use std::sync::atomic::AtomicBool;
+        let start = Instant::now();
+        park_until_ready(|| true, None);
+        park_until_ready(|| false, Some(start + Duration::from_millis(20)));
+        assert!(start.elapsed() >= Duration::from_millis(20));
+
+        let flag = Arc::new(AtomicBool::new(false));
+        let waiter = {
+            let flag = flag.clone();
+            std::thread::spawn(move || park_until_ready(|| flag.load(Ordering::SeqCst), None))
+        };
+        std::thread::sleep(Duration::from_millis(10));
+        flag.store(true, Ordering::SeqCst);
+        waiter.thread().unpark();
+        assert!(waiter.join().is_ok());
+    }
 
     #[test]
     fn bounded_and_fifo() {
