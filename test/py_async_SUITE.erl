@@ -18,7 +18,8 @@ groups() ->
     [{async_call, [], [coroutine_plain_and_awaitable_results, async_errors_have_the_python_shape,
                        runs_on_the_threads_running_loop, await_timeout_cancels_the_task,
                        async_cancel_cancels_the_task, refused_call_answers_through_await,
-                       loop_death_is_reported, calls_run_concurrently]},
+                       loop_death_is_reported, calls_run_concurrently,
+                       tasks_are_named_after_their_call]},
      {gather, [], [thousand_sleeps_finish_in_under_half_a_second, results_in_input_order,
                    mixed_success_and_failure, gather_timeout_cancels_unfinished,
                    empty_gather]},
@@ -107,6 +108,15 @@ calls_run_concurrently(_Config) ->
     ?assertEqual([{ok, 2 * I} || I <- lists:seq(1, 50)], [py:async_await(R) || R <- Refs]),
     %% Fifty 0.2 s sleeps overlap.
     ?assert(erlang:monotonic_time(millisecond) - T0 < 1000).
+
+%% Our tasks carry the name of the call that made them, so asyncio.all_tasks() and task
+%% reprs say where they came from.
+tasks_are_named_after_their_call(_Config) ->
+    ?assertEqual({ok, <<"py:async_call">>}, py:async_await(py:async_call(?H, task_name, []))),
+    ?assertEqual({ok, [<<"py:async_gather">>, <<"py:async_gather">>]},
+                 py:async_gather([{?H, task_name, []}, {?H, task_name, []}])),
+    {ok, Ref} = py:async_stream(?H, task_names, [2]),
+    ?assertEqual({[<<"py:async_stream">>, <<"py:async_stream">>], done}, collect(Ref)).
 
 %%% gather
 

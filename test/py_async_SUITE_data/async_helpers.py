@@ -50,6 +50,17 @@ async def running_loop_is_the_threads() -> bool:
     return type(loop).__name__ == "ErlangEventLoop" and loop.is_running()
 
 
+async def task_name() -> str:
+    task = asyncio.current_task()
+    assert task is not None
+    return task.get_name()
+
+
+async def task_names(n: int) -> AsyncIterator[str]:
+    for _ in range(n):
+        yield await task_name()
+
+
 async def agen(n: int, tag: str) -> AsyncIterator[int]:
     try:
         for i in range(n):
