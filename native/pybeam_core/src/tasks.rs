@@ -56,6 +56,15 @@ struct AsyncJob<R> {
     failure: Option<CallError>,
 }
 
+/// The function the previous item of a job resolved to: a gather of many calls to one
+/// function looks it up once per batch of starts, not once per item.
+struct Resolved<'py> {
+    id: u64,
+    module: String,
+    function: String,
+    callable: Bound<'py, PyAny>,
+}
+
 pub(crate) struct Start {
     id: u64,
     index: usize,
@@ -300,9 +309,10 @@ impl<H: Host> Loop<H> {
             let _ = helpers::set_running_loop(py, aio);
         }
         let factory = TaskFactory::of(py, aio);
+        let mut last = None;
         let mut start = Some(first);
         while let Some(item) = start {
-            self.start_item(py, aio, &factory, item);
+            self.start_item(py, aio, &factory, &mut last, item);
             start = next();
         }
         if switch {
@@ -317,7 +327,14 @@ impl<H: Host> Loop<H> {
     }
 
     /// Calls the item's function (the asyncio loop is running) and makes its task.
-    fn start_item(&self, py: Python<'_>, aio: &Bound<'_, PyAny>, factory: &TaskFactory<'_>, start: Start) {
+    fn start_item<'py>(
+        &self,
+        py: Python<'py>,
+        aio: &Bound<'py, PyAny>,
+        factory: &TaskFactory<'py>,
+        last: &mut Option<Resolved<'py>>,
+        start: Start,
+    ) {
         let Start { id, index, target } = start;
         let (window, name) = {
             let t = self.tasks.lock();
@@ -335,7 +352,16 @@ impl<H: Host> Loop<H> {
         let Some(sink) = self.task_sink() else { return };
         let made = (|| -> PyResult<Option<Bound<'_, PyAny>>> {
             let executor = self.executor().ok_or_else(|| PyTypeError::new_err("loop not ready"))?;
-            let obj = call_with(py, &executor.resolve(py, &target)?, &target.args, &target.kwargs)?;
+            let function = match last {
+                Some(r) if r.id == id && r.module == target.module && r.function == target.function => r.callable.clone(),
+                _ => {
+                    let f = executor.resolve(py, &target)?;
+                    let (module, function) = (target.module.clone(), target.function.clone());
+                    *last = Some(Resolved { id, module, function, callable: f.clone() });
+                    f
+                }
+            };
+            let obj = call_with(py, &function, &target.args, &target.kwargs)?;
             if let Some(window) = window {
                 let stream = py.import("erlang._stream")?;
                 let credit = stream.getattr("Credit")?.call1((aio, window))?;
@@ -361,8 +387,9 @@ impl<H: Host> Loop<H> {
         })();
         match made {
             Ok(Some(task)) => {
-                let done = TaskDone { id, index, sink };
-                if let Err(e) = task.call_method1(pyo3::intern!(py, "add_done_callback"), (done,)) {
+                let added = helpers::new_untracked(py, TaskDone { id, index, sink })
+                    .and_then(|done| task.call_method1(pyo3::intern!(py, "add_done_callback"), (done,)));
+                if let Err(e) = added {
                     self.release_slot();
                     self.item_done(id, index, Err(python_error(py, &e)));
                     return;

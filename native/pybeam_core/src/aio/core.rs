@@ -29,7 +29,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
 use super::handle::{Handle, TimerHandle};
-use super::helpers::{monotonic, monotonic_us};
+use super::helpers::{self, monotonic, monotonic_us};
 use super::link::{new_link, Command, Delivered, Dir, LinkHandle, LinkOps};
 use crate::callbacks;
 
@@ -131,10 +131,11 @@ impl LoopCore {
             slf.call_method1("_check_callback", (&callback, "call_at"))?;
         }
         let base = Self::new_handle(slf, callback, args, context, debug)?;
-        let timer = Py::new(
+        let timer = helpers::new_untracked(
             py,
             pyo3::PyClassInitializer::from(base).add_subclass(TimerHandle { when, scheduled: AtomicBool::new(true) }),
-        )?;
+        )?
+        .unbind();
         let mut timers = this.timers.lock();
         timers.seq += 1;
         let seq = timers.seq;
@@ -300,7 +301,7 @@ impl LoopCore {
             slf.call_method0("_check_thread")?;
             slf.call_method1("_check_callback", (&callback, "call_soon"))?;
         }
-        let handle = Bound::new(slf.py(), Self::new_handle(slf, callback, args, context, debug)?)?;
+        let handle = helpers::new_untracked(slf.py(), Self::new_handle(slf, callback, args, context, debug)?)?;
         this.ready.lock().push_back(handle.clone().into_any().unbind());
         Ok(handle)
     }
@@ -318,7 +319,7 @@ impl LoopCore {
         if debug {
             slf.call_method1("_check_callback", (&callback, "call_soon_threadsafe"))?;
         }
-        let handle = Bound::new(slf.py(), Self::new_handle(slf, callback, args, context, debug)?)?;
+        let handle = helpers::new_untracked(slf.py(), Self::new_handle(slf, callback, args, context, debug)?)?;
         this.ready.lock().push_back(handle.clone().into_any().unbind());
         this.link.wake();
         Ok(handle)

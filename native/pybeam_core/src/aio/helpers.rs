@@ -65,3 +65,25 @@ pub fn monotonic_us() -> u64 {
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
 }
+
+/// A new instance of one of our native classes, not tracked by the garbage collector.
+///
+/// pyo3 makes every class a GC type, but ours define no `__traverse__`: they show the
+/// collector none of their references, so it could never free a cycle through them. Being
+/// tracked only made every collection walk them: handles, timer handles and done callbacks
+/// are most of what an asyncio-heavy loop allocates. Untracked, nothing changes but that.
+pub fn new_untracked<'py, T: pyo3::PyClass>(
+    py: Python<'py>,
+    value: impl Into<pyo3::PyClassInitializer<T>>,
+) -> PyResult<Bound<'py, T>> {
+    let obj = Bound::new(py, value)?;
+    // SAFETY: the GIL is held and `obj` is alive; untracking applies only to GC types (the
+    // check), and pyo3's dealloc of an untracked object is as of a tracked one (it untracks
+    // only if tracked).
+    unsafe {
+        if pyo3::ffi::PyObject_IS_GC(obj.as_ptr()) != 0 {
+            pyo3::ffi::PyObject_GC_UnTrack(obj.as_ptr().cast());
+        }
+    }
+    Ok(obj)
+}
