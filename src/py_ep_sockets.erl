@@ -9,7 +9,7 @@
 %% replayed on registration.
 -module(py_ep_sockets).
 
--export([new/0, watch/3, handle/2, close_all/1, size/1]).
+-export([new/0, watch/3, handle/2, id/2, close_all/1, size/1]).
 
 -define(ACTIVE_N, 64).
 
@@ -45,6 +45,11 @@ replay([], Acc, T) ->
     {ok, lists:append(lists:reverse(Acc)), T}.
 
 %% @doc Turns a socket message into events; `not_socket' if it is not one.
+%% @doc The id a socket was registered with: the fast path for its data messages.
+-spec id(port(), t()) -> {ok, term()} | error.
+id(Socket, #{ids := Ids}) ->
+    maps:find(Socket, Ids).
+
 -spec handle(tuple(), t()) -> {[event()], t()} | not_socket.
 handle({tcp, S, Data}, T) -> data(S, Data, T, {tcp, S, Data});
 handle({udp, S, Ip, Port, Data} = M, T) -> data(S, {Ip, Port, Data}, T, M);

@@ -43,6 +43,9 @@
 
 %% The longest wait between two looks at a slow consumer's mailbox.
 -define(MAX_BACKOFF, 50).
+%% While more messages wait in the mailbox, at most this many are handled before queued
+%% events go to a waiter: events arriving together leave in one reply, not one each.
+-define(HOLD_MESSAGES, 128).
 
 -record(state, {
     loop :: py_nif:loop(),
@@ -51,6 +54,8 @@
     %% newest first: a prepend per event, one reverse per delivery
     events = [] :: [tuple()],
     count = 0 :: non_neg_integer(),
+    %% messages handled since a waiter could have been answered
+    held = 0 :: non_neg_integer(),
     waiters = [] :: [#waiter{}],
     timers = py_timer_set:new() :: py_timer_set:t(),
     fds = py_ep_fds:new() :: py_ep_fds:t(),
@@ -192,15 +197,33 @@ loop(S) ->
             sys:handle_system_msg(Msg, From, S#state.parent, ?MODULE, [], S);
         {'EXIT', Parent, Reason} when Parent =:= S#state.parent ->
             shutdown(Reason, S);
+        {tcp, Socket, Data} = Msg ->
+            %% A registered socket's data, the most frequent socket message, enqueued
+            %% without the general path's event list and state rebuild.
+            case py_ep_sockets:id(Socket, S#state.sockets) of
+                {ok, Id} -> next(enqueue({Id, socket_data, Data}, S));
+                error -> other_message(Msg, S)
+            end;
         Other ->
-            case py_ep_sockets:handle(Other, S#state.sockets) of
-                {Events, Sockets} -> next(enqueue_all(Events, S#state{sockets = Sockets}));
-                not_socket -> loop(S)
-            end
+            other_message(Other, S)
+    after hold_timeout(S) ->
+        %% The mailbox is empty: the held events go to the waiter now.
+        loop(deliver(S))
+    end.
+
+hold_timeout(#state{count = N, waiters = [_ | _]}) when N > 0 -> 0;
+hold_timeout(_) -> infinity.
+
+%% Socket messages become events; anything else is dropped.
+other_message(Msg, S) ->
+    case py_ep_sockets:handle(Msg, S#state.sockets) of
+        {Events, Sockets} -> next(enqueue_all(Events, S#state{sockets = Sockets}));
+        not_socket -> loop(S)
     end.
 
 %% After each message: what the loop's asyncio loop gets goes in one NIF call, and the
-%% queued events go to the first waiter, if any.
+%% queued events go to the first waiter, if any, once the mailbox is empty (or after
+%% ?HOLD_MESSAGES more messages).
 next(#state{native_out = []} = S) ->
     to_waiters(S);
 next(#state{native_out = Out, loop = Loop} = S) ->
@@ -211,6 +234,9 @@ to_waiters(#state{count = 0} = S) ->
     loop(S);
 to_waiters(#state{waiters = []} = S) ->
     loop(S);
+to_waiters(#state{held = Held} = S) when Held < ?HOLD_MESSAGES ->
+    %% Answered when the mailbox is empty (loop/1's `after 0'), or after more messages.
+    loop(S#state{held = Held + 1});
 to_waiters(S) ->
     loop(deliver(S)).
 
@@ -409,7 +435,7 @@ drop_event(Event, #state{events = Events, count = N} = S) ->
 %% the poller has not read yet would only report the same readiness again.
 take_events(S) ->
     {lists:reverse(S#state.events),
-     S#state{events = [], count = 0, timers = py_timer_set:delivered(S#state.timers),
+     S#state{events = [], count = 0, held = 0, timers = py_timer_set:delivered(S#state.timers),
              fd_events = [], fd_delivered = S#state.fd_events ++ S#state.fd_delivered}}.
 
 rearm_delivered(#state{fd_delivered = []} = S) ->

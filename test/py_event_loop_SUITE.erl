@@ -19,7 +19,8 @@ groups() ->
                    cancel_after_fire_drops_the_queued_event, zero_ms_timers,
                    timers_are_never_early, equal_delays_fire_in_start_order]},
      {waiters, [], [cancel_during_blocked_poll, poller_killed_mid_wait, poll_zero_never_blocks,
-                    poll_timeout_returns_empty, destroy_answers_blocked_waiter]},
+                    poll_timeout_returns_empty, destroy_answers_blocked_waiter,
+                    events_arriving_together_leave_in_one_reply]},
      {fds, [], [pipe_readiness_is_rearmed_and_removed, socket_fd_readiness,
                 destroy_releases_selects_without_closing_fds]},
      {results, [], [call_results_in_order, call_errors, call_many_is_all_or_nothing]},
@@ -179,6 +180,23 @@ poller_killed_mid_wait(Config) ->
     _ = py_event_loop_v2:start_timer(EP, 0, 5),
     %% The event went to nobody dead: the next poll gets it.
     ?assertEqual([{5, timer}], py_event_loop_v2:poll(EP, 1000)).
+
+%% A waiter is answered once the event process's mailbox is empty: events that arrive
+%% together leave in one reply, not one reply each.
+events_arriving_together_leave_in_one_reply(Config) ->
+    EP = ?config(ep, Config),
+    Self = self(),
+    spawn_link(fun() -> Self ! {polled, py_event_loop_v2:poll(EP, 5000)} end),
+    py_test_util:wait_until(fun() -> maps:get(waiters, py_event_loop_v2:info(EP)) =:= 1 end, 1000),
+    %% The three events wait in the mailbox of the suspended event process.
+    ok = sys:suspend(EP),
+    [_ = py_event_loop_v2:start_timer(EP, 0, I) || I <- [1, 2, 3]],
+    ok = sys:resume(EP),
+    receive
+        {polled, Events} -> ?assertEqual([{1, timer}, {2, timer}, {3, timer}], Events)
+    after 5000 ->
+        ct:fail(waiter_not_answered)
+    end.
 
 poll_zero_never_blocks(Config) ->
     EP = ?config(ep, Config),
