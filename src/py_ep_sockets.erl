@@ -44,12 +44,12 @@ replay([Msg | Rest], Acc, T) ->
 replay([], Acc, T) ->
     {ok, lists:append(lists:reverse(Acc)), T}.
 
-%% @doc Turns a socket message into events; `not_socket' if it is not one.
 %% @doc The id a socket was registered with: the fast path for its data messages.
 -spec id(port(), t()) -> {ok, term()} | error.
 id(Socket, #{ids := Ids}) ->
     maps:find(Socket, Ids).
 
+%% @doc Turns a socket message into events; `not_socket' if it is not one.
 -spec handle(tuple(), t()) -> {[event()], t()} | not_socket.
 handle({tcp, S, Data}, T) -> data(S, Data, T, {tcp, S, Data});
 handle({udp, S, Ip, Port, Data} = M, T) -> data(S, {Ip, Port, Data}, T, M);
