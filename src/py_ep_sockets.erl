@@ -9,7 +9,7 @@
 %% replayed on registration.
 -module(py_ep_sockets).
 
--export([new/0, watch/3, handle/2, id/2, close_all/1, size/1]).
+-export([new/0, watch/3, handle/2, close_all/1, size/1]).
 
 -define(ACTIVE_N, 64).
 
@@ -39,18 +39,18 @@ watch(Socket, Id, #{ids := Ids, early := Early} = T) ->
     end.
 
 replay([Msg | Rest], Acc, T) ->
-    {Events, T1} = handle(Msg, T),
-    replay(Rest, [Events | Acc], T1);
+    case handle(Msg, T) of
+        {event, Event} -> replay(Rest, [Event | Acc], T);
+        {event, Event, T1} -> replay(Rest, [Event | Acc], T1);
+        {none, T1} -> replay(Rest, Acc, T1)
+    end;
 replay([], Acc, T) ->
-    {ok, lists:append(lists:reverse(Acc)), T}.
+    {ok, lists:reverse(Acc), T}.
 
-%% @doc The id a socket was registered with: the fast path for its data messages.
--spec id(port(), t()) -> {ok, term()} | error.
-id(Socket, #{ids := Ids}) ->
-    maps:find(Socket, Ids).
-
-%% @doc Turns a socket message into events; `not_socket' if it is not one.
--spec handle(tuple(), t()) -> {[event()], t()} | not_socket.
+%% @doc Turns a socket message into at most one event: `{event, E}' when the registry is
+%% unchanged (data, the frequent case: the caller keeps its state as it is), `{event, E,
+%% T}' when it changed, `{none, T}' when there is no event; `not_socket' if it is not one.
+-spec handle(tuple(), t()) -> {event, event()} | {event, event(), t()} | {none, t()} | not_socket.
 handle({tcp, S, Data}, T) -> data(S, Data, T, {tcp, S, Data});
 handle({udp, S, Ip, Port, Data} = M, T) -> data(S, {Ip, Port, Data}, T, M);
 handle({tcp_passive, S} = M, T) -> passive(S, T, M);
@@ -65,23 +65,23 @@ data(S, Payload, T, Msg) ->
 
 event(S, Kind, Payload, #{ids := Ids} = T, Msg) ->
     case Ids of
-        #{S := Id} -> {[{Id, Kind, Payload}], T};
-        #{} -> {[], keep_early(S, Msg, T)}
+        #{S := Id} -> {event, {Id, Kind, Payload}};
+        #{} -> {none, keep_early(S, Msg, T)}
     end.
 
 passive(S, #{ids := Ids} = T, Msg) ->
     case Ids of
         #{S := _} ->
             _ = inet:setopts(S, [{active, ?ACTIVE_N}]),
-            {[], T};
+            {none, T};
         #{} ->
-            {[], keep_early(S, Msg, T)}
+            {none, keep_early(S, Msg, T)}
     end.
 
 gone(S, Kind, Payload, #{ids := Ids} = T, Msg) ->
     case Ids of
-        #{S := Id} -> {[{Id, Kind, Payload}], T#{ids := maps:remove(S, Ids)}};
-        #{} -> {[], keep_early(S, Msg, T)}
+        #{S := Id} -> {event, {Id, Kind, Payload}, T#{ids := maps:remove(S, Ids)}};
+        #{} -> {none, keep_early(S, Msg, T)}
     end.
 
 keep_early(S, Msg, #{early := Early} = T) ->

@@ -197,13 +197,6 @@ loop(S) ->
             sys:handle_system_msg(Msg, From, S#state.parent, ?MODULE, [], S);
         {'EXIT', Parent, Reason} when Parent =:= S#state.parent ->
             shutdown(Reason, S);
-        {tcp, Socket, Data} = Msg ->
-            %% A registered socket's data, the most frequent socket message, enqueued
-            %% without the general path's event list and state rebuild.
-            case py_ep_sockets:id(Socket, S#state.sockets) of
-                {ok, Id} -> next(enqueue({Id, socket_data, Data}, S));
-                error -> other_message(Msg, S)
-            end;
         Other ->
             other_message(Other, S)
     after hold_timeout(S) ->
@@ -214,10 +207,13 @@ loop(S) ->
 hold_timeout(#state{count = N, waiters = [_ | _]}) when N > 0 -> 0;
 hold_timeout(_) -> infinity.
 
-%% Socket messages become events; anything else is dropped.
+%% Socket messages become events; anything else is dropped. Data, the frequent case,
+%% leaves the socket registry and so the rest of the state as they are.
 other_message(Msg, S) ->
     case py_ep_sockets:handle(Msg, S#state.sockets) of
-        {Events, Sockets} -> next(enqueue_all(Events, S#state{sockets = Sockets}));
+        {event, Event} -> next(enqueue(Event, S));
+        {event, Event, Sockets} -> next(enqueue(Event, S#state{sockets = Sockets}));
+        {none, Sockets} -> next(S#state{sockets = Sockets});
         not_socket -> loop(S)
     end.
 
