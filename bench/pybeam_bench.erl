@@ -118,20 +118,15 @@ event_loop() ->
         %% process), and end to end (with the Python call, task or gen_tcp behind it).
         [target("timers >= 1.0x raw send_after (ratio)",
                 rate(M, <<"timers: 100,000 x start, fire, poll">>)
-                / rate(M, <<"baseline: 100,000 x erlang:send_after + receive">>), 1.0),
-         target("call_result >= 0.6x raw messages (EP share, ratio)",
-                rate(M, <<"EP share: call_result, 50,000 in batches of 128">>) / Raw, 0.6),
-         target("async_result >= 0.6x raw messages (EP share, ratio)",
-                rate(M, <<"EP share: async_result, 50,000 in batches of 128">>) / Raw, 0.6),
-         target("socket_data >= 0.6x raw messages (EP share, ratio)",
-                rate(M, <<"EP share: socket_data, 50,000 {tcp, S, Data} messages">>) / Raw, 0.6),
-         target("call_result >= 0.6x raw messages (end to end, ratio)",
-                rate(M, <<"call_result: 50,000 events, submitted 1,000 per call_many">>) / Raw, 0.6),
-         target("async_result >= 0.6x raw messages (end to end, ratio)",
-                rate(M, <<"async_result: 50,000 events (asyncio.sleep(0, I) tasks)">>) / Raw, 0.6),
-         target("socket_data >= 0.6x raw messages (end to end, ratio)",
-                rate(M, <<"socket_data: 50,000 events (tcp, packet 4)">>) / Raw, 0.6),
-         target("subprocess_stdout >= 0.6x raw messages (ratio, lines/s)",
+                / rate(M, <<"baseline: 100,000 x erlang:send_after + receive">>), 1.0)]
+        ++ [target(io_lib:format("~s >= 0.6x raw messages (~s, ratio)", [Kind, How]), rate(M, Row) / Raw, 0.6)
+          || {Kind, How, Row} <- [{call_result, "EP share", <<"EP share: call_result, 50,000 in batches of 128">>},
+                                  {async_result, "EP share", <<"EP share: async_result, 50,000 in batches of 128">>},
+                                  {socket_data, "EP share", <<"EP share: socket_data, 50,000 {tcp, S, Data} messages">>},
+                                  {call_result, "end to end", <<"call_result: 50,000 events, submitted 1,000 per call_many">>},
+                                  {async_result, "end to end", <<"async_result: 50,000 events (asyncio.sleep(0, I) tasks)">>},
+                                  {socket_data, "end to end", <<"socket_data: 50,000 events (tcp, packet 4)">>}]]
+        ++ [target("subprocess_stdout >= 0.6x raw messages (ratio, lines/s)",
                 rate(M, <<"subprocess_stdout: 'seq 1 50000' (lines/s)">>) / Raw, 0.6)]
     end,
     {<<"event_loop">>,
@@ -145,10 +140,7 @@ drain(_EP, 0) -> ok;
 drain(EP, N) -> drain(EP, N - length(py_event_loop_v2:poll(EP, 5000))).
 
 socket_events(EP, K) ->
-    {ok, L} = gen_tcp:listen(0, [binary, {packet, 4}, {active, false}]),
-    {ok, Port} = inet:port(L),
-    {ok, C} = gen_tcp:connect({127, 0, 0, 1}, Port, [binary, {packet, 4}]),
-    {ok, S} = gen_tcp:accept(L),
+    {L, C, S} = tcp_pair(),
     Id = py_callback_id:next(),
     ok = py_event_loop_v2:watch_socket(EP, S, Id),
     spawn_link(fun() -> [ok = gen_tcp:send(C, <<"data">>) || _ <- lists:seq(1, K)] end),
@@ -177,10 +169,7 @@ send_results(EP, Kind, First, K, Batch) ->
 %% A handed-over TCP socket's messages, `{tcp, S, Data}', one per packet as the port sends
 %% them, from a producer process: the event process's share of socket_data.
 socket_messages(EP, K) ->
-    {ok, L} = gen_tcp:listen(0, [binary, {packet, 4}, {active, false}]),
-    {ok, Port} = inet:port(L),
-    {ok, C} = gen_tcp:connect({127, 0, 0, 1}, Port, [binary, {packet, 4}]),
-    {ok, S} = gen_tcp:accept(L),
+    {L, C, S} = tcp_pair(),
     Id = py_callback_id:next(),
     ok = py_event_loop_v2:watch_socket(EP, S, Id),
     spawn_link(fun() -> [EP ! {tcp, S, <<"data">>} || _ <- lists:seq(1, K)] end),
@@ -190,11 +179,16 @@ socket_messages(EP, K) ->
     [{Id, socket_closed, closed}] = py_event_loop_v2:poll(EP, 5000),
     ok.
 
-socket_direct(K) ->
+%% A listener, and both ends of one connection to it (packet 4, the server end passive).
+tcp_pair() ->
     {ok, L} = gen_tcp:listen(0, [binary, {packet, 4}, {active, false}]),
     {ok, Port} = inet:port(L),
     {ok, C} = gen_tcp:connect({127, 0, 0, 1}, Port, [binary, {packet, 4}]),
     {ok, S} = gen_tcp:accept(L),
+    {L, C, S}.
+
+socket_direct(K) ->
+    {L, C, S} = tcp_pair(),
     ok = inet:setopts(S, [{active, true}]),
     spawn_link(fun() -> [ok = gen_tcp:send(C, <<"data">>) || _ <- lists:seq(1, K)] end),
     _ = [receive {tcp, S, _} -> ok end || _ <- lists:seq(1, K)],
