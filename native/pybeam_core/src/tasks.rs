@@ -202,17 +202,17 @@ impl<'py> TaskFactory<'py> {
             .then(|| TASK_TYPE.get_or_try_init(py, || -> PyResult<_> { Ok(py.import("asyncio")?.getattr("Task")?.unbind()) }))
             .and_then(|t| t.ok())
             .map(|t| t.bind(py).clone());
-        TaskFactory { aio: aio.clone(), direct, kwargs: PyDict::new(py) }
+        // The direct path needs `loop=aio`; if it cannot be set, tasks go through create_task.
+        let kwargs = PyDict::new(py);
+        let direct = direct.filter(|_| kwargs.set_item(pyo3::intern!(py, "loop"), aio).is_ok());
+        TaskFactory { aio: aio.clone(), direct, kwargs }
     }
 
     fn task(&self, coro: Bound<'py, PyAny>, name: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyAny>> {
         let py = coro.py();
         self.kwargs.set_item(pyo3::intern!(py, "name"), name)?;
         match &self.direct {
-            Some(task_type) => {
-                self.kwargs.set_item(pyo3::intern!(py, "loop"), &self.aio)?;
-                task_type.call((coro,), Some(&self.kwargs))
-            }
+            Some(task_type) => task_type.call((coro,), Some(&self.kwargs)),
             None => self.aio.call_method(pyo3::intern!(py, "create_task"), (coro,), Some(&self.kwargs)),
         }
     }
