@@ -24,7 +24,7 @@ use pyo3::types::{PyTuple, PyType};
 
 use crate::aio::link::{Delivered, LinkOps};
 use crate::convert::{from_python, to_python, ToValueError};
-use crate::mailbox::park_until_ready;
+use crate::mailbox::{park_until_ready, spin_until_ready};
 use crate::pymodule::Pid;
 use crate::value::Value;
 
@@ -220,15 +220,7 @@ static SPINNING: AtomicUsize = AtomicUsize::new(0);
 
 fn park_until(done: &dyn Fn() -> bool, deadline: Instant) {
     if SPINNING.fetch_add(1, Ordering::AcqRel) == 0 {
-        let spin_until = Instant::now() + SPIN;
-        'spin: while Instant::now() < spin_until {
-            for _ in 0..64 {
-                if done() {
-                    break 'spin;
-                }
-                std::hint::spin_loop();
-            }
-        }
+        spin_until_ready(done, SPIN, Some(deadline));
     }
     SPINNING.fetch_sub(1, Ordering::AcqRel);
     park_until_ready(done, Some(deadline));

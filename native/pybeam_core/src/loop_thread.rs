@@ -30,7 +30,7 @@ use crate::callbacks;
 use crate::interpreter::ThreadAttachment;
 use crate::interrupt::{interrupt, RunState};
 use crate::jobs::{CallError, Executor, Job, Outcome};
-use crate::mailbox::{park_until_ready, Mailbox};
+use crate::mailbox::{spin_then_park, Mailbox};
 use crate::tasks::{ResultKind, Shape, TaskSink, Tasks};
 
 /// The BEAM-facing side of a loop: where completions and commands go.
@@ -501,24 +501,8 @@ impl<H: Host> LinkOps for Loop<H> {
             return self.take_inbox();
         }
         *self.waiter.lock() = Some(std::thread::current());
-        let now = Instant::now();
-        let deadline = timeout.map(|t| now + t);
         // Spin first: a reply to what this loop just did is often only microseconds away.
-        // Reading the clock costs about 90 ns on these VMs, so poll in between.
-        let spin_until = now + self.config.spin;
-        'spin: loop {
-            for _ in 0..64 {
-                if self.has_work() {
-                    return self.take_inbox();
-                }
-                std::hint::spin_loop();
-            }
-            let now = Instant::now();
-            if now >= spin_until || deadline.is_some_and(|d| now >= d) {
-                break 'spin;
-            }
-        }
-        park_until_ready(|| self.has_work(), deadline);
+        spin_then_park(|| self.has_work(), self.config.spin, timeout.map(|t| Instant::now() + t));
         self.take_inbox()
     }
 
@@ -593,16 +577,7 @@ impl<H: Host> LinkOps for Loop<H> {
 
     fn park_until(&self, done: &dyn Fn() -> bool, deadline: Option<Instant>) {
         *self.waiter.lock() = Some(std::thread::current());
-        let spin_until = Instant::now() + self.config.spin;
-        while Instant::now() < spin_until {
-            for _ in 0..64 {
-                if done() || !self.requests.is_empty() || self.is_closing() {
-                    return;
-                }
-                std::hint::spin_loop();
-            }
-        }
-        park_until_ready(|| done() || !self.requests.is_empty() || self.is_closing(), deadline);
+        spin_then_park(|| done() || !self.requests.is_empty() || self.is_closing(), self.config.spin, deadline);
     }
 }
 

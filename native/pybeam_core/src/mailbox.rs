@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::thread::Thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 
@@ -117,6 +117,49 @@ impl<T> Mailbox<T> {
     }
 }
 
+/// Polls `ready()` for up to `spin` (or until `deadline`), then parks as
+/// `park_until_ready` does.
+pub fn spin_then_park(ready: impl Fn() -> bool, spin: Duration, deadline: Option<Instant>) {
+    if !spin_until_ready(&ready, spin, deadline) {
+        park_until_ready(ready, deadline);
+    }
+}
+
+/// How long `spin_until_ready` polls before it starts yielding its core between polls.
+/// Most answers it waits for (a sequential caller's next request, an Erlang function's
+/// reply) come within this; those that do not (fd readiness through the BEAM's poller, then
+/// the event process) need other threads to run, maybe on this core.
+const SPIN_BEFORE_YIELD: Duration = Duration::from_micros(10);
+
+/// Polls `ready()` for up to `spin` (or until `deadline`); says whether it came true.
+/// After `SPIN_BEFORE_YIELD` the thread yields its core between rounds of polling: on a
+/// machine with few cores the thread that will make `ready()` true (a scheduler, the
+/// BEAM's poller) may be waiting for this very core, and a bare spin delays it. Measured
+/// on 2 cores: TCP echo through a loop 20-26k round trips/s spinning bare, 27-31k
+/// yielding after 10 us; yielding from the start cost sequential `py:call`s and
+/// `erlang.call`s some of their rate.
+pub fn spin_until_ready(ready: impl Fn() -> bool, spin: Duration, deadline: Option<Instant>) -> bool {
+    let start = Instant::now();
+    let spin_until = deadline.map_or(start + spin, |d| d.min(start + spin));
+    let yield_after = start + SPIN_BEFORE_YIELD;
+    loop {
+        // Reading the clock costs about 90 ns on these VMs, so poll in between.
+        for _ in 0..64 {
+            if ready() {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        let now = Instant::now();
+        if now >= spin_until {
+            return ready();
+        }
+        if now >= yield_after {
+            std::thread::yield_now();
+        }
+    }
+}
+
 /// Parks the calling thread until `ready()` holds or `deadline` passes. Whoever makes
 /// `ready()` true unparks the thread after; an early or spurious wake-up just looks again.
 pub fn park_until_ready(ready: impl Fn() -> bool, deadline: Option<Instant>) {
@@ -138,7 +181,6 @@ pub fn park_until_ready(ready: impl Fn() -> bool, deadline: Option<Instant>) {
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use std::time::Duration;
 
     #[test]
     fn park_until_ready_returns_when_ready_or_at_the_deadline() {
@@ -157,6 +199,29 @@ mod tests {
         flag.store(true, Ordering::SeqCst);
         waiter.thread().unpark();
         assert!(waiter.join().is_ok());
+    }
+
+    #[test]
+    fn spin_until_ready_sees_a_change_or_gives_up_at_its_limit() {
+        use std::sync::atomic::AtomicBool;
+        let start = Instant::now();
+        assert!(!spin_until_ready(|| false, Duration::from_millis(5), None));
+        assert!(start.elapsed() >= Duration::from_millis(5));
+        // A deadline before the end of the spin ends it.
+        let start = Instant::now();
+        assert!(!spin_until_ready(|| false, Duration::from_secs(10), Some(start + Duration::from_millis(5))));
+        assert!(start.elapsed() < Duration::from_secs(5));
+
+        let flag = Arc::new(AtomicBool::new(false));
+        let setter = {
+            let flag = flag.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(2));
+                flag.store(true, Ordering::SeqCst);
+            })
+        };
+        assert!(spin_until_ready(|| flag.load(Ordering::SeqCst), Duration::from_secs(10), None));
+        assert!(setter.join().is_ok());
     }
 
     #[test]
@@ -240,3 +305,4 @@ mod tests {
         assert_eq!(got, (0..100).collect::<Vec<_>>());
     }
 }
+
