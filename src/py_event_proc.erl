@@ -73,7 +73,9 @@
     threaded = true :: boolean(),
     streams = #{} :: #{pos_integer() => #stream{}},
     %% consumer monitor -> stream id
-    stream_mons = #{} :: #{reference() => pos_integer()}
+    stream_mons = #{} :: #{reference() => pos_integer()},
+    %% how long an idle event process looks at its mailbox before it blocks (native units)
+    spin = 0 :: non_neg_integer()
 }).
 
 -type opts() :: #{default_index => pos_integer(),
@@ -146,8 +148,9 @@ init(Starter, Opts, Link) ->
                        end,
             Parent = case Link of linked -> Starter; unlinked -> undefined end,
             proc_lib:init_ack(Starter, {ok, self()}),
+            Spin = erlang:convert_time_unit(maps:get(spin_us, LoopOpts), microsecond, native),
             loop(#state{loop = Loop, parent = Parent, owner_mon = OwnerMon,
-                        threaded = maps:get(thread, Opts, true)});
+                        threaded = maps:get(thread, Opts, true), spin = Spin});
         {error, Reason} ->
             proc_lib:init_ack(Starter, {error, Reason}),
             exit(normal)
@@ -155,57 +158,97 @@ init(Starter, Opts, Link) ->
 
 loop(S) ->
     receive
-        {'$py_results', Replies, Events, Items} ->
-            route(Replies),
-            next(stream_items(Items, append(Events, S)));
-        {'$py_results_collect', Replies, Events, Items} ->
-            route(Replies),
-            S1 = stream_items(Items, append(Events, S)),
-            %% Large binaries passed through: drop our references to the routed ones now.
-            erlang:garbage_collect(),
-            next(S1);
-        {'$py_start_timer', Deadline, Id, Ref} ->
-            next(start_timer(Deadline, Id, Ref, S));
-        {timeout, _, {'$py_tick', Deadline}} ->
-            next(tick(Deadline, S));
-        {'$py_fd', Fd, Dir, Serial} ->
-            next(fd_ready(Fd, Dir, Serial, S));
-        {'$py_loop_cmds', Cmds} ->
-            next(lists:foldl(fun loop_command/2, S, Cmds));
-        {timeout, Ref, '$py_native_wakeup'} when Ref =:= S#state.native_wakeup ->
-            next(S#state{native_wakeup = undefined, native_out = [wakeup | S#state.native_out]});
-        {'$py_child', Id, Stream} ->
-            {Events, Children} = py_ep_children:ready(Id, Stream, S#state.children),
-            next(enqueue_all(Events, S#state{children = Children}));
-        {'$py_cancel_timer', Deadline, Id, Ref} ->
-            next(cancel_timer(Deadline, Id, Ref, S));
-        {'$py_event', From, Request} ->
-            handle_request(Request, From, S);
-        {timeout, _, {'$py_poll_timeout', Mon}} ->
-            next(poll_timeout(Mon, S));
-        {'DOWN', Mon, process, _, _} when Mon =:= S#state.owner_mon ->
-            shutdown(normal, S);
-        {'DOWN', Mon, process, _, _} when is_map_key(Mon, S#state.stream_mons) ->
-            next(consumer_down(Mon, S));
-        {timeout, _, {'$py_stream_check', Id}} ->
-            next(recheck_stream(Id, S));
-        {'DOWN', Mon, process, _, _} ->
-            next(forget_waiter(Mon, S));
-        {'$py_loop_exit', Why} ->
-            loop_exited(Why, S);
-        {system, From, Msg} ->
-            sys:handle_system_msg(Msg, From, S#state.parent, ?MODULE, [], S);
-        {'EXIT', Parent, Reason} when Parent =:= S#state.parent ->
-            shutdown(Reason, S);
-        Other ->
-            other_message(Other, S)
+        Msg -> dispatch(Msg, S)
     after hold_timeout(S) ->
-        %% The mailbox is empty: the held events go to the waiter now.
-        loop(deliver(S))
+        idle(S)
     end.
 
 hold_timeout(#state{count = N, waiters = [_ | _]}) when N > 0 -> 0;
+hold_timeout(#state{spin = Spin}) when Spin > 0 -> 0;
 hold_timeout(_) -> infinity.
+
+%% The mailbox is empty. Held events go to the waiter now. Otherwise, while the process
+%% watches fds, sockets or children, it looks at its mailbox for up to `spin' before it
+%% blocks: their readiness comes through the BEAM's poller, often microseconds after what
+%% the loop just did, and a blocked process's scheduler may have gone to sleep by then;
+%% waking it (and its CPU, on a VM) costs tens of microseconds. With nothing watched,
+%% spinning would only take a core from the loop thread and the callers.
+idle(#state{count = N, waiters = [_ | _]} = S) when N > 0 ->
+    loop(deliver(S));
+idle(#state{spin = Spin} = S) when Spin > 0 ->
+    case watching(S) of
+        true -> spin(S, erlang:monotonic_time() + Spin);
+        false -> block(S)
+    end;
+idle(S) ->
+    block(S).
+
+watching(#state{fds = Fds, sockets = Sockets, children = Children}) ->
+    py_ep_fds:size(Fds) > 0 orelse py_ep_sockets:size(Sockets) > 0
+        orelse py_ep_children:size(Children) > 0.
+
+spin(S, Until) ->
+    receive
+        Msg -> dispatch(Msg, S)
+    after 0 ->
+        case erlang:monotonic_time() < Until of
+            true ->
+                erlang:yield(),
+                spin(S, Until);
+            false ->
+                block(S)
+        end
+    end.
+
+block(S) ->
+    receive
+        Msg -> dispatch(Msg, S)
+    end.
+
+dispatch({'$py_results', Replies, Events, Items}, S) ->
+    route(Replies),
+    next(stream_items(Items, append(Events, S)));
+dispatch({'$py_results_collect', Replies, Events, Items}, S) ->
+    route(Replies),
+    S1 = stream_items(Items, append(Events, S)),
+    %% Large binaries passed through: drop our references to the routed ones now.
+    erlang:garbage_collect(),
+    next(S1);
+dispatch({'$py_start_timer', Deadline, Id, Ref}, S) ->
+    next(start_timer(Deadline, Id, Ref, S));
+dispatch({timeout, _, {'$py_tick', Deadline}}, S) ->
+    next(tick(Deadline, S));
+dispatch({'$py_fd', Fd, Dir, Serial}, S) ->
+    next(fd_ready(Fd, Dir, Serial, S));
+dispatch({'$py_loop_cmds', Cmds}, S) ->
+    next(lists:foldl(fun loop_command/2, S, Cmds));
+dispatch({timeout, Ref, '$py_native_wakeup'}, S) when Ref =:= S#state.native_wakeup ->
+    next(S#state{native_wakeup = undefined, native_out = [wakeup | S#state.native_out]});
+dispatch({'$py_child', Id, Stream}, S) ->
+    {Events, Children} = py_ep_children:ready(Id, Stream, S#state.children),
+    next(enqueue_all(Events, S#state{children = Children}));
+dispatch({'$py_cancel_timer', Deadline, Id, Ref}, S) ->
+    next(cancel_timer(Deadline, Id, Ref, S));
+dispatch({'$py_event', From, Request}, S) ->
+    handle_request(Request, From, S);
+dispatch({timeout, _, {'$py_poll_timeout', Mon}}, S) ->
+    next(poll_timeout(Mon, S));
+dispatch({'DOWN', Mon, process, _, _}, S) when Mon =:= S#state.owner_mon ->
+    shutdown(normal, S);
+dispatch({'DOWN', Mon, process, _, _}, S) when is_map_key(Mon, S#state.stream_mons) ->
+    next(consumer_down(Mon, S));
+dispatch({timeout, _, {'$py_stream_check', Id}}, S) ->
+    next(recheck_stream(Id, S));
+dispatch({'DOWN', Mon, process, _, _}, S) ->
+    next(forget_waiter(Mon, S));
+dispatch({'$py_loop_exit', Why}, S) ->
+    loop_exited(Why, S);
+dispatch({system, From, Msg}, S) ->
+    sys:handle_system_msg(Msg, From, S#state.parent, ?MODULE, [], S);
+dispatch({'EXIT', Parent, Reason}, S) when Parent =:= S#state.parent ->
+    shutdown(Reason, S);
+dispatch(Other, S) ->
+    other_message(Other, S).
 
 %% Socket messages become events; anything else is dropped. Data, the frequent case,
 %% leaves the socket registry and so the rest of the state as they are.

@@ -20,7 +20,8 @@ groups() ->
                    timers_are_never_early, equal_delays_fire_in_start_order]},
      {waiters, [], [cancel_during_blocked_poll, poller_killed_mid_wait, poll_zero_never_blocks,
                     poll_timeout_returns_empty, destroy_answers_blocked_waiter,
-                    events_arriving_together_leave_in_one_reply]},
+                    events_arriving_together_leave_in_one_reply,
+                    event_process_spins_only_while_watching]},
      {fds, [], [pipe_readiness_is_rearmed_and_removed, socket_fd_readiness,
                 destroy_releases_selects_without_closing_fds]},
      {results, [], [call_results_in_order, call_errors, call_many_is_all_or_nothing]},
@@ -197,6 +198,34 @@ events_arriving_together_leave_in_one_reply(Config) ->
     after 5000 ->
         ct:fail(waiter_not_answered)
     end.
+
+%% An idle event process that watches an fd looks at its mailbox for `spin_us' before it
+%% blocks; one that watches nothing blocks at once.
+event_process_spins_only_while_watching(_Config) ->
+    {ok, Loop, EP} = py_event_loop_v2:new(#{spin_us => 10000}),
+    ?assertNot(busy_after_a_message(EP)),
+    {R, W} = pipe(),
+    ok = py_event_loop_v2:add_reader(EP, R, 1),
+    ?assert(busy_after_a_message(EP)),
+    %% The spin ends: blocked again well after spin_us.
+    timer:sleep(50),
+    ?assertEqual({status, waiting}, process_info(EP, status)),
+    %% Readiness still arrives and is delivered while it spins.
+    write_fd(W, <<"x">>),
+    ?assertEqual([{1, read}], py_event_loop_v2:poll(EP, 1000)),
+    ok = py_event_loop_v2:remove_reader(EP, R),
+    ?assertNot(busy_after_a_message(EP)),
+    ok = py_event_loop_v2:destroy(Loop, EP),
+    close_fds([R, W]).
+
+%% Whether the event process keeps running (its reductions grow) in the 3 ms after it has
+%% answered a request.
+busy_after_a_message(EP) ->
+    _ = py_event_loop_v2:info(EP),
+    {reductions, R0} = process_info(EP, reductions),
+    timer:sleep(3),
+    {reductions, R1} = process_info(EP, reductions),
+    R1 - R0 > 500.
 
 poll_zero_never_blocks(Config) ->
     EP = ?config(ep, Config),
