@@ -31,7 +31,7 @@ groups() ->
      {loop_api, [], [call_soon_threadsafe_wakes_an_idle_loop, exception_handler_api,
                      debug_mode_warns_of_slow_callbacks, signal_handlers_are_not_supported,
                      event_loop_policy_makes_erlang_loops, task_factory_and_create_future,
-                     contextvars_reach_callbacks]},
+                     contextvars_reach_callbacks, context_copies_stay_out_of_the_collector]},
      {timers, [], [timers_run_in_order_and_never_early, many_timers_never_early,
                    cancelled_timers_never_run, loop_time_is_monotonic]},
      {fds, [], [readers_and_writers_on_pipes_and_sockets, registering_a_closed_fd_fails]},
@@ -209,6 +209,12 @@ task_factory_and_create_future(_Config) ->
              <<"made_after_reset">> => 3,
              <<"refused">> => <<"task factory must be a callable or None">>,
              <<"future">> => [true, true, <<"set by callback">>]}).
+
+context_copies_stay_out_of_the_collector(_Config) ->
+    on_both(aio_loop, context_copies, [],
+            #{<<"tracked_while_queued">> => 0, <<"escaped_tracked">> => true,
+              <<"same_object">> => true, <<"ran_in_it">> => true,
+              <<"cycle_collected">> => true}).
 
 contextvars_reach_callbacks(_Config) ->
     on_all(aio_loop, contexts, [],

@@ -13,6 +13,7 @@ import signal
 import socket
 import threading
 import time
+import weakref
 from typing import Any, Iterator
 
 import erlang
@@ -527,3 +528,46 @@ async def contexts() -> dict[str, Any]:
     await done
     thread.join()
     return {"seen": seen, "outer_after": VAR.get(), "explicit_after": explicit[VAR]}
+
+
+SELF: contextvars.ContextVar[Any] = contextvars.ContextVar("asuite_self")
+
+
+def _contexts_tracked() -> int:
+    return sum(1 for o in gc.get_objects() if type(o) is contextvars.Context)
+
+
+async def context_copies() -> dict[str, Any]:
+    """The context a handle copies stays out of the collector while only the handle
+    holds it; one handed out (`_context`, or `get_context()` as in Python 3.12) is tracked, so a cycle through it is
+    collected; cancelled and never-run handles free their copies."""
+    loop = asyncio.get_running_loop()
+    before = _contexts_tracked()
+    handles = [loop.call_soon(_noop) for _ in range(1000)]
+    while_queued = _contexts_tracked() - before
+    for h in handles[::2]:
+        h.cancel()
+    del handles
+    await asyncio.sleep(0)
+
+    holder: dict[str, Any] = {}
+
+    def keep_own_context() -> None:
+        SELF.set(holder)  # the context now refers to a dict that refers to it
+
+    handle = loop.call_soon(keep_own_context)
+    ctx = handle._context
+    holder["ctx"] = ctx
+    escaped_tracked = gc.is_tracked(ctx)
+    same = handle._context is ctx and getattr(handle, "get_context", lambda: ctx)() is ctx
+    await asyncio.sleep(0)
+    ran = ctx.get(SELF) is holder
+    ref = weakref.ref(ctx)
+    del ctx, handle, holder
+    gc.collect()
+    return {"tracked_while_queued": while_queued, "escaped_tracked": escaped_tracked,
+            "same_object": same, "ran_in_it": ran, "cycle_collected": ref() is None}
+
+
+def _noop() -> None:
+    pass

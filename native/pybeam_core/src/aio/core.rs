@@ -74,7 +74,7 @@ struct Timers {
 
 #[pyclass(module = "_pybeam", name = "LoopCore", subclass, frozen, weakref)]
 pub struct LoopCore {
-    ready: Mutex<VecDeque<Py<PyAny>>>,
+    ready: helpers::GilCell<VecDeque<Py<PyAny>>>,
     timers: Mutex<Timers>,
     timer_cancelled_count: AtomicUsize,
     stopping: AtomicBool,
@@ -268,7 +268,7 @@ impl LoopCore {
             None => (py.detach(new_link).map_err(|e| runtime_error(&e))?, true),
         };
         Ok(LoopCore {
-            ready: Mutex::new(VecDeque::new()),
+            ready: helpers::GilCell::new(VecDeque::new()),
             timers: Mutex::new(Timers::default()),
             timer_cancelled_count: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
@@ -302,7 +302,7 @@ impl LoopCore {
             slf.call_method1("_check_callback", (&callback, "call_soon"))?;
         }
         let handle = helpers::new_untracked(slf.py(), Self::new_handle(slf, callback, args, context, debug)?)?;
-        this.ready.lock().push_back(handle.clone().into_any().unbind());
+        this.ready.borrow_mut(slf.py()).push_back(handle.clone().into_any().unbind());
         Ok(handle)
     }
 
@@ -320,7 +320,7 @@ impl LoopCore {
             slf.call_method1("_check_callback", (&callback, "call_soon_threadsafe"))?;
         }
         let handle = helpers::new_untracked(slf.py(), Self::new_handle(slf, callback, args, context, debug)?)?;
-        this.ready.lock().push_back(handle.clone().into_any().unbind());
+        this.ready.borrow_mut(slf.py()).push_back(handle.clone().into_any().unbind());
         this.link.wake();
         Ok(handle)
     }
@@ -404,7 +404,7 @@ impl LoopCore {
         this.sweep_cancelled(py);
 
         let stopping = this.stopping.load(Ordering::Relaxed);
-        let has_ready = !this.ready.lock().is_empty();
+        let has_ready = !this.ready.borrow_mut(py).is_empty();
         let timeout = if has_ready || stopping || this.link.is_closing() {
             Some(0.0)
         } else {
@@ -465,7 +465,7 @@ impl LoopCore {
         let end_time = monotonic() + resolution;
         {
             let mut timers = this.timers.lock();
-            let mut ready = this.ready.lock();
+            let mut ready = this.ready.borrow_mut(py);
             while let Some(head) = timers.heap.peek() {
                 if head.when >= end_time {
                     break;
@@ -478,10 +478,10 @@ impl LoopCore {
         }
 
         // Callbacks ready now, at most one batch; later ones wait for the next iteration.
-        let ntodo = this.ready.lock().len().min(max_batch);
+        let ntodo = this.ready.borrow_mut(py).len().min(max_batch);
         let debug = this.debug.load(Ordering::Relaxed);
         for _ in 0..ntodo {
-            let Some(item) = this.ready.lock().pop_front() else { break };
+            let Some(item) = this.ready.borrow_mut(py).pop_front() else { break };
             let item = item.into_bound(py);
             if debug {
                 Self::run_debug(slf, &item)?;
@@ -512,11 +512,11 @@ impl LoopCore {
     /// asyncio's `__init__` assigns a new deque; only its (empty) contents matter.
     #[setter(_ready)]
     fn set_ready(&self, items: &Bound<'_, PyAny>) -> PyResult<()> {
-        let mut ready = self.ready.lock();
-        ready.clear();
-        for item in items.try_iter()? {
-            ready.push_back(item?.unbind());
-        }
+        // Iterating may run Python code: collected before the queue is borrowed.
+        let new = items.try_iter()?.map(|item| item.map(Bound::unbind)).collect::<PyResult<VecDeque<_>>>()?;
+        // The old handles are dropped after the borrow ends, as in `ReadyView::clear`.
+        let old = std::mem::replace(&mut *self.ready.borrow_mut(items.py()), new);
+        drop(old);
         Ok(())
     }
 
@@ -595,32 +595,33 @@ pub struct ReadyView {
 #[pymethods]
 impl ReadyView {
     fn append(&self, py: Python<'_>, item: Py<PyAny>) {
-        self.core.get().ready.lock().push_back(item);
-        let _ = py;
+        self.core.get().ready.borrow_mut(py).push_back(item);
     }
 
-    fn appendleft(&self, item: Py<PyAny>) {
-        self.core.get().ready.lock().push_front(item);
+    fn appendleft(&self, py: Python<'_>, item: Py<PyAny>) {
+        self.core.get().ready.borrow_mut(py).push_front(item);
     }
 
-    fn popleft(&self) -> PyResult<Py<PyAny>> {
-        self.core.get().ready.lock().pop_front().ok_or_else(|| PyIndexError::new_err("pop from an empty deque"))
+    fn popleft(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.core.get().ready.borrow_mut(py).pop_front().ok_or_else(|| PyIndexError::new_err("pop from an empty deque"))
     }
 
-    fn clear(&self) {
-        self.core.get().ready.lock().clear();
+    fn clear(&self, py: Python<'_>) {
+        // The handles are dropped after the borrow ends: dropping one may run Python code.
+        let items = std::mem::take(&mut *self.core.get().ready.borrow_mut(py));
+        drop(items);
     }
 
-    fn __len__(&self) -> usize {
-        self.core.get().ready.lock().len()
+    fn __len__(&self, py: Python<'_>) -> usize {
+        self.core.get().ready.borrow_mut(py).len()
     }
 
-    fn __bool__(&self) -> bool {
-        !self.core.get().ready.lock().is_empty()
+    fn __bool__(&self, py: Python<'_>) -> bool {
+        !self.core.get().ready.borrow_mut(py).is_empty()
     }
 
     fn __getitem__(&self, py: Python<'_>, i: isize) -> PyResult<Py<PyAny>> {
-        let ready = self.core.get().ready.lock();
+        let ready = self.core.get().ready.borrow_mut(py);
         let idx = if i < 0 { ready.len() as isize + i } else { i };
         ready
             .get(usize::try_from(idx).map_err(|_| PyIndexError::new_err("deque index out of range"))?)
@@ -629,7 +630,7 @@ impl ReadyView {
     }
 
     fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let items: Vec<Py<PyAny>> = self.core.get().ready.lock().iter().map(|h| h.clone_ref(py)).collect();
+        let items: Vec<Py<PyAny>> = self.core.get().ready.borrow_mut(py).iter().map(|h| h.clone_ref(py)).collect();
         PyList::new(py, items)?.try_iter().map(|i| i.into_any())
     }
 }

@@ -21,11 +21,66 @@ struct Callback {
     args: Py<PyTuple>,
 }
 
+/// The context a handle runs its callback in.
+///
+/// asyncio copies the current context for every callback scheduled without one: a
+/// `call_soon` loop allocates a Context per callback, a GC type, and the collector walked
+/// every one of them (the largest single cost left in `call_soon`). A copy made here is
+/// reachable only through its handle until someone asks the handle for it, and the handle
+/// shows the collector none of its references, so the collector could never free a cycle
+/// through the copy anyway: it stays untracked while private. `share` (get_context) tracks
+/// it again before it escapes. CPython's Context dealloc untracks without checking (3.11),
+/// so the copy is tracked again before the handle lets go of it.
+struct HandleContext {
+    obj: Py<PyAny>,
+    private: AtomicBool,
+}
+
+impl HandleContext {
+    fn given(obj: Py<PyAny>) -> Self {
+        HandleContext { obj, private: AtomicBool::new(false) }
+    }
+
+    fn copy_current(py: Python<'_>) -> PyResult<Self> {
+        // SAFETY: with the GIL held, CopyCurrent returns a new reference or NULL.
+        let obj = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())? }.unbind();
+        // SAFETY: the GIL is held and `obj` is a live, tracked Context (a GC type), which
+        // nothing but this handle references yet.
+        unsafe { ffi::PyObject_GC_UnTrack(obj.as_ptr().cast()) };
+        Ok(HandleContext { obj, private: AtomicBool::new(true) })
+    }
+
+    /// The context, for code outside the handle: tracked from now on.
+    fn share(&self, py: Python<'_>) -> Py<PyAny> {
+        self.track();
+        self.obj.clone_ref(py)
+    }
+
+    fn track(&self) {
+        // Only GIL holders get here: a plain load and store, no atomic read-modify-write.
+        if self.private.load(Ordering::Relaxed) {
+            self.private.store(false, Ordering::Relaxed);
+            // SAFETY: called with the GIL held (from Python, or from the handle's dealloc);
+            // the object is alive (we hold a reference) and untracked: only this handle
+            // untracked it and `private` says it has not been tracked again.
+            unsafe { ffi::PyObject_GC_Track(self.obj.as_ptr().cast()) };
+        }
+    }
+}
+
+impl Drop for HandleContext {
+    fn drop(&mut self) {
+        // Handles are freed by Python (tp_dealloc) or on an error path of `build`, both
+        // with the GIL held; `obj` is released right after, by its own Drop.
+        self.track();
+    }
+}
+
 #[pyclass(module = "erlang", name = "Handle", subclass, frozen, weakref)]
 pub struct Handle {
     /// Cleared on cancel, as asyncio does, to break reference cycles.
     callback: Mutex<Option<Callback>>,
-    context: Py<PyAny>,
+    context: HandleContext,
     loop_: Py<PyAny>,
     cancelled: AtomicBool,
     source_traceback: Option<Py<PyAny>>,
@@ -44,9 +99,8 @@ impl Handle {
         debug: bool,
     ) -> PyResult<Handle> {
         let context = match context {
-            Some(c) if !c.is_none(py) => c,
-            // SAFETY: with the GIL held, CopyCurrent returns a new reference or NULL.
-            _ => unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())? }.unbind(),
+            Some(c) if !c.is_none(py) => HandleContext::given(c),
+            _ => HandleContext::copy_current(py)?,
         };
         let source_traceback = if debug { Some(helpers::extract_stack(py)?) } else { None };
         Ok(Handle {
@@ -86,7 +140,7 @@ impl Handle {
             Some(c) => (c.callback.clone_ref(py), c.args.clone_ref(py)),
             None => return Ok(()),
         };
-        let ctx = this.context.as_ptr();
+        let ctx = this.context.obj.as_ptr();
         // SAFETY: ctx is a live Context (checked type at construction by asyncio's rules:
         // either copied here or given by the caller); Enter/Exit pair up below.
         if unsafe { ffi::PyContext_Enter(ctx) } < 0 {
@@ -159,7 +213,7 @@ impl Handle {
     }
 
     fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.context.clone_ref(py)
+        self.context.share(py)
     }
 
     fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -194,7 +248,7 @@ impl Handle {
 
     #[getter]
     fn _context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.context.clone_ref(py)
+        self.context.share(py)
     }
 
     #[getter]
