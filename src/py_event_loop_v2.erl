@@ -42,6 +42,8 @@
 -export_type([loop_ref/0, callback_id/0, event/0, timer_ref/0]).
 
 %% Erlang's own limit for a relative timer.
+%% Options that size the native loop, checked here so that a bad value is a badarg.
+-define(SIZE_OPTS, [max_batch, capacity, spin_us, max_tasks]).
 -define(MAX_DELAY, 16#FFFFFFFF).
 -define(BADARG(Cause, Args),
         erlang:error(badarg, Args, [{error_info, #{module => ?MODULE, cause => Cause}}])).
@@ -54,11 +56,18 @@ new() ->
 %% @doc Creates a loop: a native loop with its own thread, and its event process.
 %%
 %% The loop belongs to `owner' (default: the caller): it is destroyed when the owner
-%% exits. Other options size the native loop as the application environment does.
+%% exits. Other options size the native loop as the application environment does; a bad
+%% value (`spin_us' not a non-negative integer, the others not positive integers) is a
+%% `badarg' with cause `{Key, Value}'.
 -spec new(new_opts()) -> {ok, loop_ref(), pid()} | {error, term()}.
 new(Opts) when is_map(Opts) ->
     Owner = maps:get(owner, Opts, self()),
     is_pid(Owner) orelse ?BADARG({owner, Owner}, [Opts]),
+    case lists:search(fun({Key, Value}) -> not valid_size(Key, Value) end,
+                      maps:to_list(maps:with(?SIZE_OPTS, Opts))) of
+        {value, Bad} -> ?BADARG(Bad, [Opts]);
+        false -> ok
+    end,
     case supervisor:start_child(py_loop_sup, [Opts#{owner => Owner}]) of
         {ok, EventProc} ->
             {Loop, EventProc} = py_event_proc:handle(EventProc),
@@ -70,6 +79,9 @@ new(Opts) when is_map(Opts) ->
     end;
 new(Opts) ->
     ?BADARG({opts, Opts}, [Opts]).
+
+valid_size(spin_us, V) -> is_integer(V) andalso V >= 0;
+valid_size(_Key, V) -> is_integer(V) andalso V > 0.
 
 %% @doc Destroys a loop. Waiters blocked in {@link poll/2} get `[]'; watched fds are
 %% released (never closed: they are the caller's); children are killed; handed-over
@@ -309,6 +321,9 @@ format_error(badarg, [{_M, _F, _Args, Info} | _]) ->
 format_error(_, _) ->
     #{}.
 
+describe({spin_us, V}) -> io_lib:format("spin_us must be a non-negative integer (microseconds), got: ~0tP", [V, 10]);
+describe({Key, V}) when Key =:= max_batch; Key =:= capacity; Key =:= max_tasks ->
+    io_lib:format("~s must be a positive integer, got: ~0tP", [Key, V, 10]);
 describe({delay, V}) -> io_lib:format("the delay must be a non-negative integer (ms), got: ~0tP", [V, 10]);
 describe({delay_too_long, V}) -> io_lib:format("the delay may be at most ~b ms, got: ~b", [?MAX_DELAY, V]);
 describe({callback_id, V}) -> io_lib:format("a callback id must be a positive integer, got: ~0tP", [V, 10]);

@@ -148,7 +148,8 @@ init(Starter, Opts, Link) ->
                        end,
             Parent = case Link of linked -> Starter; unlinked -> undefined end,
             proc_lib:init_ack(Starter, {ok, self()}),
-            Spin = erlang:convert_time_unit(maps:get(spin_us, LoopOpts), microsecond, native),
+            %% The native loop caps its own spin at 10 ms; so does this.
+            Spin = erlang:convert_time_unit(min(maps:get(spin_us, LoopOpts), 10000), microsecond, native),
             loop(#state{loop = Loop, parent = Parent, owner_mon = OwnerMon,
                         threaded = maps:get(thread, Opts, true), spin = Spin});
         {error, Reason} ->

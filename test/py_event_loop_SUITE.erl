@@ -28,7 +28,7 @@ groups() ->
      {children, [], [subprocess_echo, subprocess_stderr_and_signals, subprocess_not_found,
                      destroy_kills_children]},
      {sockets, [], [tcp_socket_events, udp_socket_events]},
-     {bad_input, [], [bad_fds, bad_callback_ids, bad_delays, bad_poll_timeout,
+     {bad_input, [], [bad_fds, bad_callback_ids, bad_delays, bad_poll_timeout, bad_loop_options,
                       calls_on_a_destroyed_loop]}].
 
 init_per_suite(Config) ->
@@ -460,6 +460,20 @@ bad_poll_timeout(Config) ->
     ?assertEqual({timeout, -5}, badarg_cause(fun() -> py_event_loop_v2:poll(EP, -5) end)),
     ?assertEqual({timeout, soon}, badarg_cause(fun() -> py_event_loop_v2:poll(EP, soon) end)),
     ?assertEqual({event_proc, nope}, badarg_cause(fun() -> py_event_loop_v2:poll(nope, 0) end)).
+
+bad_loop_options(_Config) ->
+    Loops = supervisor:which_children(py_loop_sup),
+    [?assertEqual({Key, Value}, badarg_cause(fun() -> py_event_loop_v2:new(#{Key => Value}) end))
+     || {Key, Value} <- [{spin_us, -1}, {spin_us, fast}, {max_batch, 0}, {capacity, -3},
+                         {max_tasks, 1.5}, {capacity, <<"big">>}]],
+    ?assertEqual({owner, me}, badarg_cause(fun() -> py_event_loop_v2:new(#{owner => me}) end)),
+    ?assertEqual({opts, [spin_us]}, badarg_cause(fun() -> py_event_loop_v2:new([spin_us]) end)),
+    %% Nothing was started for them; a spin above the native cap is taken as the cap.
+    ?assertEqual(Loops, supervisor:which_children(py_loop_sup)),
+    {ok, Loop, EP} = py_event_loop_v2:new(#{spin_us => 0}),
+    ok = py_event_loop_v2:destroy(Loop, EP),
+    {ok, Loop2, EP2} = py_event_loop_v2:new(#{spin_us => 1000000000}),
+    ok = py_event_loop_v2:destroy(Loop2, EP2).
 
 calls_on_a_destroyed_loop(Config) ->
     {Loop, EP} = {?config(loop, Config), ?config(ep, Config)},
