@@ -3,10 +3,22 @@
 %%
 %% Functions are registered by name with {@link py:register_function/2}; the registry is
 %% `persistent_term' (read on every call, written rarely). A call from Python arrives here
-%% as `{'$py_call', Token, Name, Args, TimeoutMs}'; this process starts a process for it,
-%% which runs the function and answers with `py_nif:callback_reply/2'. A call still running
-%% after its timeout is killed and answered `{error, timeout}'. The function never runs on
-%% a loop thread, so it may itself call Python (`py:call/3'), on any loop.
+%% as `{'$py_call', Token, Name, Args, TimeoutMs}'. A worker process runs the function and
+%% answers with `py_nif:callback_reply/2', then waits for the next call: the NIF sends a
+%% call straight to the most recently idle worker, and to this process (which starts a new
+%% worker for it) only when none is idle. A worker idle for `callback_worker_idle_ms'
+%% (the application setting, default 5000) ends; so does one that a function left with
+%% messages, a process dictionary, links, monitors, a registered name or trapped exits. A call still
+%% running after its timeout is answered `{error, timeout}' here, and its worker is killed.
+%% The function never runs on a loop thread, so it may itself call Python (`py:call/3'), on
+%% any loop, and call back into Erlang through other workers.
+%%
+%% Why workers wait: with a process started per call, the dispatcher and the new process
+%% were runnable together, and the BEAM woke a second, sleeping scheduler to share them;
+%% on a VM that wake-up costs tens of microseconds, and erlang.call ran at 30,000-40,000
+%% calls/s in a third of runs instead of 150,000-200,000 (docs/benchmarks.md). A worker that
+%% has just answered looks at its mailbox for `spin_us' (the application setting) before it
+%% blocks, so a Python thread's next call usually finds it awake.
 -module(py_callbacks).
 -behaviour(gen_server).
 
@@ -16,6 +28,8 @@
 -define(KEY(Name), {pybeam_function, Name}).
 %% Erlang's own limit for a timer; a longer timeout means none.
 -define(MAX_TIMER, 16#FFFFFFFF).
+%% How long a worker waits for another call before it ends.
+-define(IDLE_MS, 5000).
 
 -type function_spec() :: fun() | {module(), atom()}.
 -export_type([function_spec/0]).
@@ -64,20 +78,74 @@ handle_cast(_Msg, State) ->
 
 %% @private
 -spec handle_info(term(), map()) -> {noreply, map()}.
-handle_info({'$py_call', Token, Name, Args, TimeoutMs}, State) ->
-    Self = self(),
-    _ = spawn(fun() -> run(Self, Token, Name, Args, TimeoutMs) end),
+handle_info({'$py_call', _Token, _Name, _Args, _TimeoutMs} = Call, State) ->
+    Spin = application:get_env(pybeam, spin_us, 50),
+    _ = spawn(fun() -> work(Call, Spin) end),
     {noreply, State};
-handle_info({timeout, _Timer, {'$py_call_expired', Token, Pid}}, State) ->
-    exit(Pid, kill),
-    answer(Token, {error, timeout}),
+handle_info({timeout, _Timer, {'$py_call_expired', Token, Worker}}, State) ->
+    %% Kill the worker only if the call was still waiting: one that has answered may be
+    %% running another call already.
+    py_nif:callback_expire(Token) andalso exit(Worker, kill),
     {noreply, State};
 handle_info(_Other, State) ->
     {noreply, State}.
 
-run(Dispatcher, Token, Name, Args, TimeoutMs) ->
+%% A worker: runs a call, then waits for the next. It ends instead when its answer came
+%% too late (the call timed out, and the dispatcher is about to kill it), or when the
+%% function left something behind that the next call must not inherit.
+work({'$py_call', Token, Name, Args, TimeoutMs}, Spin) ->
+    case run(Token, Name, Args, TimeoutMs) =:= ok andalso clean() of
+        true ->
+            Ticket = py_nif:callback_worker_idle(self()),
+            spin(Ticket, erlang:monotonic_time(microsecond) + Spin, Spin);
+        false ->
+            ok
+    end.
+
+%% Nothing in the mailbox or the process dictionary, no links, monitors, registered name
+%% or trapped exits: the state a fresh process starts with.
+clean() ->
+    [{message_queue_len, 0}, {dictionary, []}, {links, []}, {monitors, []},
+     {registered_name, []}, {trap_exit, false}]
+        =:= process_info(self(), [message_queue_len, dictionary, links, monitors,
+                                  registered_name, trap_exit]).
+
+%% While it is the worker the next call goes to, it looks at its mailbox for `spin_us'
+%% before it blocks: the next call is usually only microseconds away. One that another
+%% worker has overtaken blocks at once; spinning several would take the schedulers that
+%% run the calls.
+spin(Ticket, Until, Spin) ->
+    receive
+        {'$py_call', _, _, _, _} = Call -> work(Call, Spin)
+    after 0 ->
+        case erlang:monotonic_time(microsecond) < Until andalso py_nif:callback_worker_next(Ticket) of
+            true ->
+                erlang:yield(),
+                spin(Ticket, Until, Spin);
+            false ->
+                wait(Spin)
+        end
+    end.
+
+wait(Spin) ->
+    receive
+        {'$py_call', _, _, _, _} = Call -> work(Call, Spin)
+    after application:get_env(pybeam, callback_worker_idle_ms, ?IDLE_MS) ->
+        case py_nif:callback_worker_retire(self()) of
+            true ->
+                ok;
+            false ->
+                %% A sender took this worker off the idle list just now: its call is on
+                %% the way.
+                receive
+                    {'$py_call', _, _, _, _} = Call -> work(Call, Spin)
+                end
+        end
+    end.
+
+run(Token, Name, Args, TimeoutMs) ->
     Timer = case TimeoutMs =< ?MAX_TIMER of
-                true -> erlang:start_timer(TimeoutMs, Dispatcher, {'$py_call_expired', Token, self()});
+                true -> erlang:start_timer(TimeoutMs, ?MODULE, {'$py_call_expired', Token, self()});
                 false -> undefined
             end,
     Reply = try apply_registered(Name, Args) of
@@ -105,11 +173,11 @@ apply_registered(Name, Args) ->
 %% An answer with no Python form (a fun, a port) is answered with its printed form.
 answer(Token, Reply) ->
     case reply(Token, Reply) of
-        ok ->
-            ok;
         {error, _} ->
             Printed = {error, {unsupported_term, iolist_to_binary(io_lib:format("~0tp", [Reply]))}},
-            ok = reply(Token, Printed)
+            reply(Token, Printed);
+        Delivered ->
+            Delivered
     end.
 
 reply(Token, Reply) ->

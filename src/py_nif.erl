@@ -7,7 +7,9 @@
          loop_new/2, submit/4, submit_dirty/4, cancel/2, loop_close/1, loop_stats/1,
          reaper_pending/0, noop/0, noop_dirty/0]).
 -export([submit_many/2, submit_many_dirty/2, deliver_events/2, link_failed/2]).
--export([stream_credit/3, callback_reply/2, callback_reply_dirty/2, register_name/2]).
+-export([stream_credit/3, callback_reply/2, callback_reply_dirty/2, register_name/2,
+         callback_expire/1, callback_worker_idle/1, callback_worker_next/1,
+         callback_worker_retire/1]).
 -export([fd_watch/1, fd_select/3, fd_cancel/2, fd_stop/1, fd_read/2, fd_write/2,
          spawn_child/2, child_wait/1, child_kill/2]).
 
@@ -18,6 +20,7 @@
        reaper_pending/0, noop/0, noop_dirty/0, submit_many/2, submit_many_dirty/2,
        deliver_events/2, link_failed/2,
        stream_credit/3, callback_reply/2, callback_reply_dirty/2, register_name/2,
+       callback_expire/1, callback_worker_idle/1, callback_worker_next/1, callback_worker_retire/1,
        fd_watch/1, fd_select/3, fd_cancel/2, fd_stop/1, fd_read/2, fd_write/2,
        spawn_child/2, child_wait/1, child_kill/2]).
 
@@ -85,14 +88,33 @@ link_failed(_Token, _Reason) -> ?NOT_LOADED.
 -spec stream_credit(loop(), pos_integer(), pos_integer()) -> ok.
 stream_credit(_Loop, _Id, _N) -> ?NOT_LOADED.
 
-%% @doc The answer of the Erlang function that Python call `Token' ran.
+%% @doc The answer of the Erlang function that Python call `Token' ran: `stale' when
+%% nobody waits for it any more (the call timed out).
 -spec callback_reply(non_neg_integer(), {ok, term()} | {error, term()}) ->
-    ok | dirty | {error, term()} | {badarg, binary()}.
+    ok | stale | dirty | {error, term()} | {badarg, binary()}.
 callback_reply(_Token, _Reply) -> ?NOT_LOADED.
 
 -spec callback_reply_dirty(non_neg_integer(), {ok, term()} | {error, term()}) ->
-    ok | {error, term()} | {badarg, binary()}.
+    ok | stale | {error, term()} | {badarg, binary()}.
 callback_reply_dirty(_Token, _Reply) -> ?NOT_LOADED.
+
+%% @doc Answers call `Token' `{error, timeout}' if it still waits; true if it did.
+-spec callback_expire(non_neg_integer()) -> boolean().
+callback_expire(_Token) -> ?NOT_LOADED.
+
+%% @doc Worker `Pid' waits for its next call; returns its ticket for
+%% {@link callback_worker_next/1}.
+-spec callback_worker_idle(pid()) -> pos_integer().
+callback_worker_idle(_Pid) -> ?NOT_LOADED.
+
+%% @doc Whether the worker that got `Ticket' is still the one the next call goes to.
+-spec callback_worker_next(pos_integer()) -> boolean().
+callback_worker_next(_Ticket) -> ?NOT_LOADED.
+
+%% @doc Worker `Pid' stops waiting: true if no call can reach it any more, false if one is
+%% on its way.
+-spec callback_worker_retire(pid()) -> boolean().
+callback_worker_retire(_Pid) -> ?NOT_LOADED.
 
 %% @doc Marks a name as registered (or not) for `from erlang import Name'.
 -spec register_name(binary(), boolean()) -> ok.

@@ -13,6 +13,7 @@ all() ->
     [registered_funs_and_mfas, from_erlang_import, unregistered_and_unregister,
      erlang_exceptions_raise_erlang_error, unconvertible_answers_are_errors,
      a_callback_that_never_returns_times_out, runs_in_an_erlang_process,
+     workers_are_reused_only_when_clean, idle_workers_end, a_killed_idle_worker_is_skipped,
      send_to_a_pid, send_to_dead_and_remote_pids,
      nested_reentrancy_ten_levels, async_nested_reentrancy_ten_levels,
      async_call_truly_suspends, loop_serves_others_while_awaiting_erlang,
@@ -96,9 +97,54 @@ runs_in_an_erlang_process(_Config) ->
     {ok, Pid} = py:call(?H, call, [whoami]),
     ?assert(is_pid(Pid)),
     ?assertNotEqual(self(), Pid),
-    {ok, Pid2} = py:call(?H, call, [whoami]),
-    %% A process per call.
-    ?assertNotEqual(Pid, Pid2).
+    ?assertNotEqual(undefined, process_info(Pid)).
+
+%% A worker that answered waits for the next call, unless the function left state behind
+%% (messages, process dictionary, links, trapped exits), which the next call must not see.
+workers_are_reused_only_when_clean(_Config) ->
+    ok = py:register_function(whoami, fun() -> self() end),
+    {ok, Pids} = py:eval(<<"[__import__('erlang').call('whoami') for _ in range(200)]">>),
+    %% A call can come before the last worker is back on the idle list, which starts
+    %% another; a process per call would be 200.
+    ?assert(length(lists:usort(Pids)) =< 10),
+    Partner = spawn(fun() -> receive stop -> ok end end),
+    Dirty = [{put, fun() -> put(k, v) end},
+             {message, fun() -> self() ! junk end},
+             {link, fun() -> link(Partner) end},
+             {trap_exit, fun() -> process_flag(trap_exit, true) end}],
+    lists:foreach(
+        fun({Name, Spoil}) ->
+            ok = py:register_function(Name, fun() -> Spoil(), self() end),
+            {ok, Spoiled} = py:call(?H, call, [Name]),
+            py_test_util:wait_until(fun() -> not is_process_alive(Spoiled) end),
+            {ok, Next} = py:call(?H, call, [whoami]),
+            ?assertNotEqual(Spoiled, Next),
+            ok = py:unregister_function(Name)
+        end, Dirty),
+    Partner ! stop.
+
+idle_workers_end(_Config) ->
+    ok = application:set_env(pybeam, callback_worker_idle_ms, 100),
+    try
+        ok = py:register_function(whoami, fun() -> self() end),
+        %% The worker that answers may be one started before the setting changed.
+        {ok, Pids} = py:eval(<<"[__import__('erlang').call('whoami') for _ in range(3)]">>),
+        py_test_util:wait_until(fun() -> not lists:any(fun is_process_alive/1, Pids) end),
+        {ok, Next} = py:call(?H, call, [whoami]),
+        ?assertNot(lists:member(Next, Pids))
+    after
+        application:unset_env(pybeam, callback_worker_idle_ms)
+    end.
+
+a_killed_idle_worker_is_skipped(_Config) ->
+    ok = py:register_function(whoami, fun() -> self() end),
+    {ok, Worker} = py:call(?H, call, [whoami]),
+    py_test_util:wait_until(fun() -> process_info(Worker, status) =:= {status, waiting} end),
+    exit(Worker, kill),
+    py_test_util:wait_until(fun() -> not is_process_alive(Worker) end),
+    {ok, Next} = py:call(?H, call, [whoami]),
+    ?assertNotEqual(Worker, Next),
+    ?assertEqual({ok, 3}, py:call(?H, call, [add, 1, 2])).
 
 send_to_a_pid(_Config) ->
     ?assertEqual({ok, none}, py:call(?H, send, [self(), {hello, [1, 2], <<"x">>}])),

@@ -162,7 +162,7 @@ pub(crate) fn reply_to_python(py: Python<'_>, reply: &Reply) -> PyResult<Py<PyAn
     }
 }
 
-fn timeout_reason() -> Value {
+pub fn timeout_reason() -> Value {
     Value::Atom("timeout".into())
 }
 
@@ -261,4 +261,93 @@ pub fn send(py: Python<'_>, pid: &Bound<'_, Pid>, term: &Bound<'_, PyAny>) -> Py
 #[pyfunction]
 pub fn is_registered(name: &str) -> bool {
     REGISTERED.lock().contains(name)
+}
+
+/// The Erlang processes that ran a call and now wait for the next one, most recently idle
+/// last. A call goes straight to the most recent one, which looks at its mailbox for a
+/// while before it blocks, so that its scheduler is still awake when the call comes.
+/// Handing each call to a dispatcher that starts a process for it made two processes
+/// runnable at once and let schedulers sleep between calls; on this VM waking one costs
+/// 25-30 us, and erlang.call ran at 30,000-40,000 calls/s in a third of runs instead of
+/// 150,000-200,000.
+pub struct IdleWorkers<P> {
+    stack: Mutex<Vec<P>>,
+    /// Counts pushes: a waiting worker is the next to get a call while no push followed its
+    /// own.
+    pushes: AtomicU64,
+}
+
+impl<P: PartialEq> IdleWorkers<P> {
+    pub const fn new() -> Self {
+        IdleWorkers { stack: Mutex::new(Vec::new()), pushes: AtomicU64::new(0) }
+    }
+
+    /// `worker` waits for a call. Returns its ticket for `is_next`.
+    pub fn push(&self, worker: P) -> u64 {
+        let mut stack = self.stack.lock();
+        stack.push(worker);
+        self.pushes.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Whether the worker that got `ticket` is still the one the next call goes to (unless a
+    /// sender took it already, in which case its call is in its mailbox).
+    pub fn is_next(&self, ticket: u64) -> bool {
+        self.pushes.load(Ordering::Acquire) == ticket
+    }
+
+    /// The worker to send the next call to, taken off the list.
+    pub fn pop(&self) -> Option<P> {
+        self.stack.lock().pop()
+    }
+
+    /// `worker` wants to stop waiting. True if it was still on the list (no call can come
+    /// to it now); false if a sender already took it, whose call is then on its way.
+    pub fn retire(&self, worker: &P) -> bool {
+        let mut stack = self.stack.lock();
+        match stack.iter().rposition(|w| w == worker) {
+            Some(i) => {
+                stack.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl<P: PartialEq> Default for IdleWorkers<P> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IdleWorkers;
+
+    #[test]
+    fn the_most_recently_idle_worker_gets_the_next_call() {
+        let idle = IdleWorkers::new();
+        let first = idle.push(1);
+        assert!(idle.is_next(first));
+        let second = idle.push(2);
+        assert!(!idle.is_next(first), "a later worker is ahead of it");
+        assert!(idle.is_next(second));
+        assert_eq!(idle.pop(), Some(2));
+        assert_eq!(idle.pop(), Some(1));
+        assert_eq!(idle.pop(), None);
+    }
+
+    #[test]
+    fn a_worker_retires_only_if_no_sender_took_it() {
+        let idle = IdleWorkers::new();
+        idle.push(1);
+        idle.push(2);
+        idle.push(3);
+        assert!(idle.retire(&2));
+        assert!(!idle.retire(&2), "already gone");
+        assert_eq!(idle.pop(), Some(3));
+        assert!(!idle.retire(&3), "taken by a sender: its call is on the way");
+        assert_eq!(idle.pop(), Some(1));
+        assert_eq!(idle.pop(), None);
+    }
 }

@@ -4,6 +4,7 @@ rustler::atoms! {
     error,
     badarg,
     dirty,
+    stale,
     call,
     eval,
     exec,

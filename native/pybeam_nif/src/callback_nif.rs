@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use rustler::sys::{enif_whereis_pid, ErlNifPid};
 use rustler::{Encoder, Env, LocalPid, OwnedEnv, Term};
 
-use pybeam_core::callbacks::{self, Beam, SendError};
+use pybeam_core::callbacks::{self, Beam, IdleWorkers, SendError};
 use pybeam_core::Value;
 
 use crate::atoms;
@@ -21,6 +21,9 @@ thread_local! {
 }
 
 pub struct NifBeam;
+
+/// Worker processes of `py_callbacks` waiting for their next call.
+static IDLE: IdleWorkers<LocalPid> = IdleWorkers::new();
 
 fn dispatcher(env: Env<'_>) -> Option<LocalPid> {
     let name = atoms::py_callbacks().encode(env);
@@ -35,18 +38,26 @@ fn dispatcher(env: Env<'_>) -> Option<LocalPid> {
     }
 }
 
+/// `{'$py_call', Token, Name, Args, TimeoutMs}`, as workers and the dispatcher expect it.
+fn call_message<'a>(env: Env<'a>, token: u64, name: &str, args: &[Value], timeout_ms: u64) -> Term<'a> {
+    let args: Vec<Term> = args.iter().map(|a| encode::value(env, a)).collect();
+    (atoms::py_call(), token, encode::binary(env, name.as_bytes()), args, timeout_ms).encode(env)
+}
+
 impl Beam for NifBeam {
     fn dispatch(&self, token: u64, name: &str, args: Vec<Value>, timeout_ms: u64) -> Result<(), String> {
         MSG_ENV.with(|cell| {
             let mut env = cell.borrow_mut();
+            // An idle worker that is gone (killed while idle) refuses the send; try the next.
+            while let Some(worker) = IDLE.pop() {
+                if env.send_and_clear(&worker, |env| call_message(env, token, name, &args, timeout_ms)).is_ok() {
+                    return Ok(());
+                }
+            }
             let to = env
                 .run(dispatcher)
                 .ok_or_else(|| "the pybeam application is not running (no py_callbacks)".to_owned())?;
-            env.send_and_clear(&to, |env| {
-                let args: Vec<Term> = args.iter().map(|a| encode::value(env, a)).collect();
-                (atoms::py_call(), token, encode::binary(env, name.as_bytes()), args, timeout_ms).encode(env)
-            })
-            .map_err(|_| "the py_callbacks process is gone".to_owned())
+            env.send_and_clear(&to, |env| call_message(env, token, name, &args, timeout_ms)).map_err(|_| "the py_callbacks process is gone".to_owned())
         })
     }
 
@@ -63,8 +74,9 @@ impl Beam for NifBeam {
 }
 
 /// `callback_reply(Token, {ok, Value} | {error, Reason})`: the answer of the Erlang function
-/// that call `Token` ran. `ok` (also when nobody waits any more), `dirty` when the answer is
-/// too big to decode here, or `{error, {unsupported_term, T}}` when it has no Python form.
+/// that call `Token` ran. `ok`, `stale` when nobody waits any more (the call timed out),
+/// `dirty` when the answer is too big to decode here, or `{error, {unsupported_term, T}}`
+/// when it has no Python form.
 #[rustler::nif]
 fn callback_reply<'a>(env: Env<'a>, token: u64, reply: Term<'a>) -> Term<'a> {
     reply_with_budget(env, token, reply, Some(NORMAL_BUDGET))
@@ -83,10 +95,10 @@ fn reply_with_budget<'a>(env: Env<'a>, token: u64, reply: Term<'a>, budget: Opti
         _ => return (atoms::badarg(), "reply must be {ok, Value} or {error, Reason}").encode(env),
     };
     match Decoder::new(budget).value(value) {
-        Ok(v) => {
-            callbacks::complete(token, if ok { Ok(v) } else { Err(v) });
-            atoms::ok().encode(env)
-        }
+        Ok(v) => match callbacks::complete(token, if ok { Ok(v) } else { Err(v) }) {
+            true => atoms::ok().encode(env),
+            false => atoms::stale().encode(env),
+        },
         Err(DecodeError::NeedsDirty) => atoms::dirty().encode(env),
         Err(DecodeError::Unsupported(t)) => (atoms::error(), (atoms::unsupported_term(), t)).encode(env),
         Err(DecodeError::TooDeep) => (atoms::error(), (atoms::too_deep(), pybeam_core::MAX_DEPTH)).encode(env),
@@ -100,4 +112,32 @@ fn reply_with_budget<'a>(env: Env<'a>, token: u64, reply: Term<'a>, budget: Opti
 fn register_name(name: String, registered: bool) -> rustler::Atom {
     callbacks::set_registered(&name, registered);
     atoms::ok()
+}
+
+/// `callback_expire(Token)`: answers call `Token` with `{error, timeout}` if it is still
+/// waiting. True if it was (the worker running it may then be killed).
+#[rustler::nif]
+fn callback_expire(token: u64) -> bool {
+    callbacks::complete(token, Err(callbacks::timeout_reason()))
+}
+
+/// `callback_worker_idle(Pid)`: worker `Pid` waits for its next call. Returns its ticket
+/// for `callback_worker_next/1`.
+#[rustler::nif]
+fn callback_worker_idle(worker: LocalPid) -> u64 {
+    IDLE.push(worker)
+}
+
+/// `callback_worker_next(Ticket)`: whether the worker that got `Ticket` is still the one
+/// the next call goes to.
+#[rustler::nif]
+fn callback_worker_next(ticket: u64) -> bool {
+    IDLE.is_next(ticket)
+}
+
+/// `callback_worker_retire(Pid)`: worker `Pid` stops waiting. True if no call can reach it
+/// any more; false if one is already on its way, which it must then run.
+#[rustler::nif]
+fn callback_worker_retire(worker: LocalPid) -> bool {
+    IDLE.retire(&worker)
 }
