@@ -31,7 +31,8 @@ groups() ->
      {loop_api, [], [call_soon_threadsafe_wakes_an_idle_loop, exception_handler_api,
                      debug_mode_warns_of_slow_callbacks, signal_handlers_are_not_supported,
                      event_loop_policy_makes_erlang_loops, task_factory_and_create_future,
-                     contextvars_reach_callbacks, context_copies_stay_out_of_the_collector]},
+                     contextvars_reach_callbacks, context_copies_stay_out_of_the_collector,
+                    releasing_a_callback_may_use_its_handle]},
      {timers, [], [timers_run_in_order_and_never_early, many_timers_never_early,
                    cancelled_timers_never_run, loop_time_is_monotonic]},
      {fds, [], [readers_and_writers_on_pipes_and_sockets, registering_a_closed_fd_fails]},
@@ -215,6 +216,13 @@ context_copies_stay_out_of_the_collector(_Config) ->
             #{<<"tracked_while_queued">> => 0, <<"escaped_tracked">> => true,
               <<"same_object">> => true, <<"ran_in_it">> => true,
               <<"cycle_collected">> => true}).
+
+%% A callback released on cancel runs Python code (its __del__) that uses the handle:
+%% no deadlock, no error (the handle's state is not borrowed while it is released).
+releasing_a_callback_may_use_its_handle(_Config) ->
+    on_all(aio_loop, reentrant_release, [],
+           #{<<"ran">> => false, <<"repr">> => true, <<"callback_after_release">> => none,
+             <<"cancelled">> => true}).
 
 contextvars_reach_callbacks(_Config) ->
     on_all(aio_loop, contexts, [],

@@ -569,5 +569,31 @@ async def context_copies() -> dict[str, Any]:
             "same_object": same, "ran_in_it": ran, "cycle_collected": ref() is None}
 
 
+async def reentrant_release() -> dict[str, Any]:
+    """Cancelling a handle releases its callback; a callback whose release (`__del__`)
+    looks at the handle again (repr, cancel, its attributes) must find it usable."""
+    loop = asyncio.get_running_loop()
+    seen: dict[str, Any] = {}
+
+    class Callback:
+        handle: Any = None
+
+        def __call__(self) -> None:
+            seen["ran"] = True
+
+        def __del__(self) -> None:
+            h = Callback.handle
+            seen["repr"] = repr(h).startswith("<Handle cancelled")
+            h.cancel()
+            seen["callback_after_release"] = h._callback
+            seen["cancelled"] = h.cancelled()
+
+    Callback.handle = loop.call_soon(Callback())
+    Callback.handle.cancel()
+    await asyncio.sleep(0)
+    seen.setdefault("ran", False)
+    return seen
+
+
 def _noop() -> None:
     pass

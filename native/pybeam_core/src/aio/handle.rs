@@ -78,8 +78,9 @@ impl Drop for HandleContext {
 
 #[pyclass(module = "erlang", name = "Handle", subclass, frozen, weakref)]
 pub struct Handle {
-    /// Cleared on cancel, as asyncio does, to break reference cycles.
-    callback: Mutex<Option<Callback>>,
+    /// Cleared on cancel, as asyncio does, to break reference cycles. Behind the GIL, not
+    /// a lock: every access holds it anyway. Borrows are never held across Python code.
+    callback: helpers::GilCell<Option<Callback>>,
     context: HandleContext,
     loop_: Py<PyAny>,
     cancelled: AtomicBool,
@@ -104,13 +105,19 @@ impl Handle {
         };
         let source_traceback = if debug { Some(helpers::extract_stack(py)?) } else { None };
         Ok(Handle {
-            callback: Mutex::new(Some(Callback { callback, args })),
+            callback: helpers::GilCell::new(Some(Callback { callback, args })),
             context,
             loop_,
             cancelled: AtomicBool::new(false),
             source_traceback,
             repr: Mutex::new(None),
         })
+    }
+
+    /// The callback and its arguments, unless cancelled. Bound clones: dropping them needs
+    /// no check of which thread holds the GIL.
+    fn callback_parts<'py>(&self, py: Python<'py>) -> Option<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
+        self.callback.borrow_mut(py).as_ref().map(|c| (c.callback.bind(py).clone(), c.args.bind(py).clone()))
     }
 
     pub fn is_cancelled(&self) -> bool {
@@ -127,7 +134,9 @@ impl Handle {
         if this.loop_.bind(py).call_method0("get_debug")?.is_truthy()? {
             *this.repr.lock() = Some(Self::describe(slf)?);
         }
-        *this.callback.lock() = None;
+        // Dropped outside the borrow: releasing the callback may run Python code.
+        let released = this.callback.borrow_mut(py).take();
+        drop(released);
         Ok(true)
     }
 
@@ -136,9 +145,8 @@ impl Handle {
     pub fn run(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let (callback, args) = match &*this.callback.lock() {
-            Some(c) => (c.callback.clone_ref(py), c.args.clone_ref(py)),
-            None => return Ok(()),
+        let Some((callback, args)) = this.callback_parts(py) else {
+            return Ok(());
         };
         let ctx = this.context.obj.as_ptr();
         // SAFETY: ctx is a live Context (checked type at construction by asyncio's rules:
@@ -146,7 +154,7 @@ impl Handle {
         if unsafe { ffi::PyContext_Enter(ctx) } < 0 {
             return Err(PyErr::fetch(py));
         }
-        let result = callback.bind(py).call1(args.bind(py));
+        let result = callback.call1(&args);
         // SAFETY: pairs with the successful Enter above.
         if unsafe { ffi::PyContext_Exit(ctx) } < 0 {
             return Err(PyErr::fetch(py));
@@ -155,7 +163,7 @@ impl Handle {
             Ok(_) => Ok(()),
             Err(e) if e.is_instance_of::<PySystemExit>(py) || e.is_instance_of::<PyKeyboardInterrupt>(py) => Err(e),
             Err(e) => {
-                let source = helpers::format_callback_source(py, callback.bind(py), args.bind(py))?;
+                let source = helpers::format_callback_source(py, &callback, &args)?;
                 let context = PyDict::new(py);
                 context.set_item("message", format!("Exception in callback {source}"))?;
                 context.set_item("exception", e.value(py))?;
@@ -178,8 +186,8 @@ impl Handle {
         if this.is_cancelled() {
             info.push("cancelled".into());
         }
-        if let Some(c) = &*this.callback.lock() {
-            info.push(helpers::format_callback_source(py, c.callback.bind(py), c.args.bind(py))?);
+        if let Some((callback, args)) = this.callback_parts(py) {
+            info.push(helpers::format_callback_source(py, &callback, &args)?);
         }
         if let Some(tb) = &this.source_traceback {
             let tb = tb.bind(py);
@@ -227,16 +235,16 @@ impl Handle {
 
     #[getter]
     fn _callback(&self, py: Python<'_>) -> Py<PyAny> {
-        match &*self.callback.lock() {
-            Some(c) => c.callback.clone_ref(py),
+        match self.callback_parts(py) {
+            Some((callback, _)) => callback.unbind(),
             None => py.None(),
         }
     }
 
     #[getter]
     fn _args(&self, py: Python<'_>) -> Py<PyAny> {
-        match &*self.callback.lock() {
-            Some(c) => c.args.clone_ref(py).into_any(),
+        match self.callback_parts(py) {
+            Some((_, args)) => args.into_any().unbind(),
             None => py.None(),
         }
     }
