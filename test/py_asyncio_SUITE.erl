@@ -32,7 +32,7 @@ groups() ->
                      debug_mode_warns_of_slow_callbacks, signal_handlers_are_not_supported,
                      event_loop_policy_makes_erlang_loops, task_factory_and_create_future,
                      contextvars_reach_callbacks, context_copies_stay_out_of_the_collector,
-                    releasing_a_callback_may_use_its_handle]},
+                    releasing_a_callback_may_use_its_handle, releasing_timers_may_use_the_loop]},
      {timers, [], [timers_run_in_order_and_never_early, many_timers_never_early,
                    cancelled_timers_never_run, loop_time_is_monotonic]},
      {fds, [], [readers_and_writers_on_pipes_and_sockets, registering_a_closed_fd_fails]},
@@ -223,6 +223,12 @@ releasing_a_callback_may_use_its_handle(_Config) ->
     on_all(aio_loop, reentrant_release, [],
            #{<<"ran">> => false, <<"repr">> => true, <<"callback_after_release">> => none,
              <<"cancelled">> => true}).
+
+%% Timer handles released from the heap (swept when cancelled, cleared on close) may run
+%% Python code that uses the loop's timers: no deadlock.
+releasing_timers_may_use_the_loop(_Config) ->
+    on_all(aio_loop, reentrant_timer_release, [],
+           #{<<"released_by_sweep">> => 200, <<"heap_seen_while_closing">> => [0]}).
 
 contextvars_reach_callbacks(_Config) ->
     on_all(aio_loop, contexts, [],

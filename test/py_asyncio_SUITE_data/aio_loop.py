@@ -595,5 +595,47 @@ async def reentrant_release() -> dict[str, Any]:
     return seen
 
 
+_CANARY: contextvars.ContextVar[Any] = contextvars.ContextVar("canary")
+
+
+async def reentrant_timer_release() -> dict[str, Any]:
+    """Timer handles are released when cancelled ones are swept from the heap and when a
+    closing loop clears it; a release may run Python code (here: a value only the handle's
+    context holds) that uses the loop's timers again."""
+    loop = asyncio.get_running_loop()
+    scheduled_in_release: list[asyncio.TimerHandle] = []
+
+    class Canary:
+        def __del__(self) -> None:
+            scheduled_in_release.append(loop.call_later(3600, _noop))
+
+    handles = []
+    for _ in range(200):  # enough for the loop to sweep its cancelled timers at once
+        token = _CANARY.set(Canary())
+        handles.append(loop.call_later(3600, _noop))
+        _CANARY.reset(token)
+    for h in handles:
+        h.cancel()
+    del handles, h
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    swept = len(scheduled_in_release)
+    for h in scheduled_in_release:
+        h.cancel()
+
+    other = type(loop)()
+    lengths: list[int] = []
+
+    class Witness:
+        def __del__(self) -> None:
+            lengths.append(len(other._scheduled))
+
+    token = _CANARY.set(Witness())
+    other.call_later(3600, _noop)
+    _CANARY.reset(token)
+    other.close()
+    return {"released_by_sweep": swept, "heap_seen_while_closing": lengths}
+
+
 def _noop() -> None:
     pass

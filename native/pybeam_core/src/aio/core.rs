@@ -144,30 +144,36 @@ impl LoopCore {
     }
 
     /// Drops cancelled timers: all of them when they are many, else those at the head.
+    /// The handles are released after the lock: releasing one (its context) may run
+    /// Python code, which may schedule timers.
     fn sweep_cancelled(&self, py: Python<'_>) {
-        let mut timers = self.timers.lock();
-        let count = timers.heap.len();
-        let cancelled = self.timer_cancelled_count.load(Ordering::Relaxed);
-        if count > MIN_SCHEDULED_TIMER_HANDLES && cancelled as f64 / count as f64 > MIN_CANCELLED_TIMER_HANDLES_FRACTION {
-            timers.heap.retain(|s| {
-                let keep = !s.handle.bind(py).as_super().get().is_cancelled();
-                if !keep {
-                    s.handle.get().scheduled.store(false, Ordering::Relaxed);
+        let mut removed = Vec::new();
+        {
+            let mut timers = self.timers.lock();
+            let count = timers.heap.len();
+            let cancelled = self.timer_cancelled_count.load(Ordering::Relaxed);
+            if count > MIN_SCHEDULED_TIMER_HANDLES && cancelled as f64 / count as f64 > MIN_CANCELLED_TIMER_HANDLES_FRACTION {
+                let (keep, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut timers.heap)
+                    .into_vec()
+                    .into_iter()
+                    .partition(|s| !s.handle.bind(py).as_super().get().is_cancelled());
+                timers.heap = BinaryHeap::from(keep);
+                removed = gone;
+                self.timer_cancelled_count.store(0, Ordering::Relaxed);
+            } else {
+                while let Some(head) = timers.heap.peek() {
+                    if !head.handle.bind(py).as_super().get().is_cancelled() {
+                        break;
+                    }
+                    removed.extend(timers.heap.pop());
+                    self.timer_cancelled_count.fetch_sub(1, Ordering::Relaxed);
                 }
-                keep
-            });
-            self.timer_cancelled_count.store(0, Ordering::Relaxed);
-        } else {
-            while let Some(head) = timers.heap.peek() {
-                if !head.handle.bind(py).as_super().get().is_cancelled() {
-                    break;
-                }
-                if let Some(s) = timers.heap.pop() {
-                    s.handle.get().scheduled.store(false, Ordering::Relaxed);
-                }
-                self.timer_cancelled_count.fetch_sub(1, Ordering::Relaxed);
             }
         }
+        for s in &removed {
+            s.handle.get().scheduled.store(false, Ordering::Relaxed);
+        }
+        drop(removed);
     }
 
     /// Asks the event process to wake the loop `timeout` from now, unless a wake-up at
@@ -527,14 +533,22 @@ impl LoopCore {
 
     #[setter(_scheduled)]
     fn set_scheduled(&self, items: &Bound<'_, PyAny>) -> PyResult<()> {
-        let mut timers = self.timers.lock();
-        timers.heap.clear();
-        for item in items.try_iter()? {
-            let handle = item?.cast_into::<TimerHandle>()?.unbind();
-            timers.seq += 1;
-            let seq = timers.seq;
-            timers.heap.push(Scheduled { when: handle.get().when, seq, handle });
-        }
+        // Iterating and releasing the old handles may run Python code: neither under the lock.
+        let handles = items
+            .try_iter()?
+            .map(|item| Ok(item?.cast_into::<TimerHandle>()?.unbind()))
+            .collect::<PyResult<Vec<_>>>()?;
+        let old = {
+            let mut timers = self.timers.lock();
+            let old = std::mem::take(&mut timers.heap);
+            for handle in handles {
+                timers.seq += 1;
+                let seq = timers.seq;
+                timers.heap.push(Scheduled { when: handle.get().when, seq, handle });
+            }
+            old
+        };
+        drop(old);
         Ok(())
     }
 
@@ -653,7 +667,9 @@ impl ScheduledView {
 #[pymethods]
 impl ScheduledView {
     fn clear(&self) {
-        self.core.get().timers.lock().heap.clear();
+        // Released after the lock: a handle's release may run Python code.
+        let old = std::mem::take(&mut self.core.get().timers.lock().heap);
+        drop(old);
     }
 
     fn __len__(&self) -> usize {
