@@ -24,6 +24,8 @@
 
 -export([start_link/0, register_function/2, unregister_function/1, registered/1]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
+%% Workers live on between calls: each call enters the current version of this module.
+-export([work/2]).
 
 -define(KEY(Name), {pybeam_function, Name}).
 %% Erlang's own limit for a timer; a longer timeout means none.
@@ -93,6 +95,8 @@ handle_info(_Other, State) ->
 %% A worker: runs a call, then waits for the next. It ends instead when its answer came
 %% too late (the call timed out, and the dispatcher is about to kill it), or when the
 %% function left something behind that the next call must not inherit.
+%% @private
+-spec work({'$py_call', non_neg_integer(), binary(), [term()], non_neg_integer()}, non_neg_integer()) -> ok.
 work({'$py_call', Token, Name, Args, TimeoutMs}, Spin) ->
     case run(Token, Name, Args, TimeoutMs) =:= ok andalso clean() of
         true ->
@@ -116,7 +120,7 @@ clean() ->
 %% run the calls.
 spin(Ticket, Until, Spin) ->
     receive
-        {'$py_call', _, _, _, _} = Call -> work(Call, Spin)
+        {'$py_call', _, _, _, _} = Call -> ?MODULE:work(Call, Spin)
     after 0 ->
         case erlang:monotonic_time(microsecond) < Until andalso py_nif:callback_worker_next(Ticket) of
             true ->
@@ -129,7 +133,7 @@ spin(Ticket, Until, Spin) ->
 
 wait(Spin) ->
     receive
-        {'$py_call', _, _, _, _} = Call -> work(Call, Spin)
+        {'$py_call', _, _, _, _} = Call -> ?MODULE:work(Call, Spin)
     after application:get_env(pybeam, callback_worker_idle_ms, ?IDLE_MS) ->
         case py_nif:callback_worker_retire(self()) of
             true ->
@@ -138,7 +142,7 @@ wait(Spin) ->
                 %% A sender took this worker off the idle list just now: its call is on
                 %% the way.
                 receive
-                    {'$py_call', _, _, _, _} = Call -> work(Call, Spin)
+                    {'$py_call', _, _, _, _} = Call -> ?MODULE:work(Call, Spin)
                 end
         end
     end.
