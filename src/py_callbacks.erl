@@ -82,7 +82,11 @@ handle_cast(_Msg, State) ->
 -spec handle_info(term(), map()) -> {noreply, map()}.
 handle_info({'$py_call', _Token, _Name, _Args, _TimeoutMs} = Call, State) ->
     Spin = application:get_env(pybeam, spin_us, 50),
-    _ = spawn(fun() -> work(Call, Spin) end),
+    _ = spawn_monitor(fun() -> work(Call, Spin) end),
+    {noreply, State};
+handle_info({'DOWN', _Mon, process, Worker, _Reason}, State) ->
+    %% A worker killed while idle leaves the idle list now, not when a call finds it dead.
+    _ = py_nif:callback_worker_retire(Worker),
     {noreply, State};
 handle_info({timeout, _Timer, {'$py_call_expired', Token, Worker}}, State) ->
     %% Kill the worker only if the call was still waiting: one that has answered may be

@@ -140,10 +140,27 @@ a_killed_idle_worker_is_skipped(_Config) ->
     ok = py:register_function(whoami, fun() -> self() end),
     {ok, Worker} = py:call(?H, call, [whoami]),
     py_test_util:wait_until(fun() -> process_info(Worker, status) =:= {status, waiting} end),
+    %% The dispatcher takes a dead worker off the idle list when it sees it die; suspended,
+    %% it cannot, and the next call finds the dead worker first: it must go elsewhere.
+    ok = sys:suspend(py_callbacks),
     exit(Worker, kill),
     py_test_util:wait_until(fun() -> not is_process_alive(Worker) end),
-    {ok, Next} = py:call(?H, call, [whoami]),
-    ?assertNotEqual(Worker, Next),
+    Self = self(),
+    _ = spawn_link(fun() -> Self ! {answer, py:call(?H, call, [whoami])} end),
+    timer:sleep(50),
+    ok = sys:resume(py_callbacks),
+    receive
+        {answer, {ok, Next}} -> ?assertNotEqual(Worker, Next)
+    after 5000 ->
+        ct:fail(call_lost)
+    end,
+    %% Seen by the dispatcher: a worker killed while idle is simply gone.
+    {ok, Worker2} = py:call(?H, call, [whoami]),
+    py_test_util:wait_until(fun() -> process_info(Worker2, status) =:= {status, waiting} end),
+    exit(Worker2, kill),
+    py_test_util:wait_until(fun() -> not is_process_alive(Worker2) end),
+    {ok, Next2} = py:call(?H, call, [whoami]),
+    ?assertNotEqual(Worker2, Next2),
     ?assertEqual({ok, 3}, py:call(?H, call, [add, 1, 2])).
 
 send_to_a_pid(_Config) ->
