@@ -6,19 +6,19 @@
 %% as `{'$py_call', Token, Name, Args, TimeoutMs}'. A worker process runs the function and
 %% answers with `py_nif:callback_reply/2', then waits for the next call: the NIF sends a
 %% call straight to the most recently idle worker, and to this process (which starts a new
-%% worker for it) only when none is idle. A worker idle for `callback_worker_idle_ms'
-%% (the application setting, default 5000) ends; so does one that a function left with
-%% messages, a process dictionary, links, monitors, a registered name or trapped exits. A call still
+%% worker for it) only when none is idle. A worker idle for `callback_worker_idle_ms' (the
+%% application setting, default 5000) ends; so does one that a function left with messages,
+%% a process dictionary, links, monitors, a registered name or trapped exits. A call still
 %% running after its timeout is answered `{error, timeout}' here, and its worker is killed.
 %% The function never runs on a loop thread, so it may itself call Python (`py:call/3'), on
 %% any loop, and call back into Erlang through other workers.
 %%
-%% Why workers wait: with a process started per call, the dispatcher and the new process
-%% were runnable together, and the BEAM woke a second, sleeping scheduler to share them;
-%% on a VM that wake-up costs tens of microseconds, and erlang.call ran at 30,000-40,000
-%% calls/s in a third of runs instead of 150,000-200,000 (docs/benchmarks.md). A worker that
-%% has just answered looks at its mailbox for `spin_us' (the application setting) before it
-%% blocks, so a Python thread's next call usually finds it awake.
+%% Why workers wait: with a process started per call, the scheduler that ran a call often
+%% slept before the next one came, and waking it cost 25-30 microseconds per call on this
+%% VM; erlang.call ran at 30,000-40,000 calls/s in a third of runs instead of
+%% 150,000-200,000 (docs/architecture.md). A worker that has just answered looks at its
+%% mailbox for `spin_us' (the application setting) before it blocks, so a Python thread's
+%% next call usually finds it, and its scheduler, awake.
 -module(py_callbacks).
 -behaviour(gen_server).
 

@@ -266,10 +266,9 @@ pub fn is_registered(name: &str) -> bool {
 /// The Erlang processes that ran a call and now wait for the next one, most recently idle
 /// last. A call goes straight to the most recent one, which looks at its mailbox for a
 /// while before it blocks, so that its scheduler is still awake when the call comes.
-/// Handing each call to a dispatcher that starts a process for it made two processes
-/// runnable at once and let schedulers sleep between calls; on this VM waking one costs
-/// 25-30 us, and erlang.call ran at 30,000-40,000 calls/s in a third of runs instead of
-/// 150,000-200,000.
+/// With a dispatcher that started a process per call, the scheduler that ran a call often
+/// slept before the next one; on this VM waking it costs 25-30 us, and erlang.call ran at
+/// 30,000-40,000 calls/s in a third of runs instead of 150,000-200,000.
 pub struct IdleWorkers<P> {
     stack: Mutex<Vec<P>>,
     /// Counts pushes: a waiting worker is the next to get a call while no push followed its
