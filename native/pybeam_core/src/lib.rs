@@ -29,7 +29,7 @@ pub mod reaper;
 pub mod tasks;
 pub mod value;
 
-pub use jobs::{CallError, CallTarget, Job, Outcome};
+pub use jobs::{CallError, CallTarget, Job, Name, Outcome};
 pub use tasks::ResultKind;
 pub use loop_thread::{Completion, Host, Loop, LoopConfig, LoopStats, Request, SubmitError};
 pub use value::{Bytes, SharedBytes, Value, MAX_DEPTH};

@@ -19,7 +19,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
 use crate::aio::helpers;
-use crate::jobs::{call_with, python_error, value_of, CallError, CallTarget, Outcome};
+use crate::jobs::{call_with, python_error, value_of, CallError, CallTarget, Name, Outcome};
 use crate::loop_thread::{Completion, Host, Loop};
 use crate::value::Value;
 
@@ -60,8 +60,8 @@ struct AsyncJob<R> {
 /// function looks it up once per batch of starts, not once per item.
 struct Resolved<'py> {
     id: u64,
-    module: String,
-    function: String,
+    module: Name,
+    function: Name,
     callable: Bound<'py, PyAny>,
 }
 

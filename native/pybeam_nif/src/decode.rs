@@ -10,7 +10,7 @@ use rustler::types::tuple::get_tuple;
 use rustler::{Binary, MapIterator, Term, TermType};
 
 use pybeam_core::value::bigint_from_etf;
-use pybeam_core::{Bytes, CallTarget, Job, Value, MAX_DEPTH};
+use pybeam_core::{Bytes, CallTarget, Job, Name, Value, MAX_DEPTH};
 
 use crate::atoms;
 use crate::kept_env::{KeptBinary, KeptEnv};
@@ -192,7 +192,7 @@ impl Decoder {
         let iter = MapIterator::new(term).ok_or(DecodeError::BadArg(not_map))?;
         let mut out = Vec::new();
         for (k, v) in iter {
-            let key = name(k, "keyword names must be atoms or UTF-8 binaries")?;
+            let key = name(k, "keyword names must be atoms or UTF-8 binaries")?.as_str().to_owned();
             out.push((key, self.value(v)?));
         }
         Ok(out)
@@ -323,12 +323,37 @@ fn atom_name(term: Term<'_>) -> String {
 }
 
 /// A module, function or keyword name: an atom or a UTF-8 binary.
-fn name<'a>(term: Term<'a>, reason: &'static str) -> Result<String, DecodeError<'a>> {
+fn name<'a>(term: Term<'a>, reason: &'static str) -> Result<Name, DecodeError<'a>> {
     if term.is_atom() {
-        return Ok(atom_name(term));
+        return Ok(ascii_atom(term).unwrap_or_else(|| Name::new(&atom_name(term))));
     }
     let bin = Binary::from_term(term).map_err(|_| DecodeError::BadArg(reason))?;
-    String::from_utf8(bin.as_slice().to_vec()).map_err(|_| DecodeError::BadArg(reason))
+    std::str::from_utf8(bin.as_slice()).map(Name::new).map_err(|_| DecodeError::BadArg(reason))
+}
+
+/// An ASCII atom's name, read without an allocation (nearly every module and function
+/// name); None for any other atom.
+fn ascii_atom(term: Term<'_>) -> Option<Name> {
+    // Atoms have at most 255 characters; one more byte for the NUL.
+    let mut buf = [0u8; 256];
+    // SAFETY: `term` is an atom of the env it belongs to; `buf` is writable for its whole
+    // length, which is what we pass; enif_get_atom writes at most that many bytes.
+    let written = unsafe {
+        rustler::sys::enif_get_atom(
+            term.get_env().as_c_arg(),
+            term.as_c_arg(),
+            buf.as_mut_ptr().cast(),
+            buf.len() as std::ffi::c_uint,
+            rustler::sys::ErlNifCharEncoding::ERL_NIF_LATIN1,
+        )
+    };
+    // The count includes the NUL; 0 means failure (not representable in Latin-1).
+    let len = usize::try_from(written).ok()?.checked_sub(1)?;
+    let bytes = buf.get(..len)?;
+    if !bytes.is_ascii() {
+        return None;
+    }
+    std::str::from_utf8(bytes).ok().map(Name::new)
 }
 
 /// Source code: a binary or an iolist.
