@@ -336,8 +336,9 @@ open_stream(Job, LoopKey) ->
 
 %% @doc Makes `Fun' (called with the Python arguments) or `{Module, Function}' callable
 %% from Python as `erlang.call(Name, *Args)', `await erlang.async_call(Name, *Args)' or
-%% `from erlang import Name'. The function runs in a process of its own, never on a loop
-%% thread, so it may call back into Python. See docs/callbacks.md.
+%% `from erlang import Name'. The function runs in an Erlang worker process (one call at a
+%% time; workers are reused between calls), never on a loop thread, so it may call back
+%% into Python. See docs/callbacks.md.
 -spec register_function(atom() | binary(), fun() | {module(), atom()}) -> ok.
 register_function(Name, Function) ->
     is_atom(Name) orelse (is_binary(Name) andalso byte_size(Name) > 0)

@@ -11,7 +11,8 @@ import _pybeam
 def call(name: str, *args: Any, timeout: Optional[float] = None) -> Any:
     """Runs the Erlang function registered as `name` with `args`, and returns its value.
 
-    The function runs in an Erlang process of its own. This thread waits without the GIL;
+    The function runs in an Erlang worker process, one call at a time (workers are
+    reused from call to call), never on this thread. This thread waits without the GIL;
     on a pybeam loop thread, the loop keeps serving its sync requests meanwhile, so the
     function may call back into Python. Raises `erlang.Error` if the function fails or
     does not answer within `timeout` seconds (default 30).
