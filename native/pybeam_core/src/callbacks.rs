@@ -105,6 +105,12 @@ pub fn complete(token: u64, reply: Reply) -> bool {
     }
 }
 
+/// Answers call `token` with `timeout` if it still waits (the dispatcher's timer fired).
+/// True if it did: the worker running it may then be stopped.
+pub fn expire(token: u64) -> bool {
+    complete(token, Err(timeout_reason()))
+}
+
 /// Marks `name` as registered or not, for `from erlang import name`.
 pub fn set_registered(name: &str, registered: bool) {
     let mut names = REGISTERED.lock();
@@ -162,7 +168,7 @@ pub(crate) fn reply_to_python(py: Python<'_>, reply: &Reply) -> PyResult<Py<PyAn
     }
 }
 
-pub fn timeout_reason() -> Value {
+fn timeout_reason() -> Value {
     Value::Atom("timeout".into())
 }
 

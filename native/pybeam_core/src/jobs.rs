@@ -9,14 +9,14 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 
-use crate::aio::helpers::GilCell;
 use crate::convert::{from_python, to_python, ToValueError};
+use crate::gil_cell::GilCell;
 use crate::pyerror::PythonError;
 use crate::pymodule::CallTimeout;
 use crate::tasks::ResultKind;
 use crate::value::{Value, MAX_DEPTH};
 
-/// A module or function name. Short ones (nearly all) are kept inline: a request is
+/// A module, function or keyword name. Short ones (nearly all) are kept inline: a request is
 /// decoded on a scheduler thread and freed on the loop thread, and glibc makes such a free
 /// take the allocating thread's arena lock (with 1,000-call batches, malloc and free were a
 /// fifth of the loop thread's time, most of it `_int_free`).
@@ -75,7 +75,7 @@ pub struct CallTarget {
     pub module: Name,
     pub function: Name,
     pub args: Vec<Value>,
-    pub kwargs: Vec<(String, Value)>,
+    pub kwargs: Vec<(Name, Value)>,
 }
 
 /// One unit of work for a loop thread.
@@ -84,7 +84,7 @@ pub enum Job {
     /// A sync call: its value is the result.
     Call(CallTarget),
     /// Evaluate an expression in the loop's globals, with optional extra locals.
-    Eval { code: Vec<u8>, locals: Vec<(String, Value)> },
+    Eval { code: Vec<u8>, locals: Vec<(Name, Value)> },
     /// Execute statements in the loop's globals.
     Exec { code: Vec<u8> },
     /// A call on the loop's asyncio loop: a coroutine function, or a function returning an
@@ -134,16 +134,19 @@ pub type Outcome = Result<Value, CallError>;
 
 /// FNV-1a: names are short, and the standard SipHash (built against hash flooding, which
 /// this cache of the caller's own names does not need) was 3% of the loop thread.
-#[derive(Default)]
 struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
 
 impl Hasher for Fnv {
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
         for b in bytes {
-            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
         }
-        self.0 = h;
     }
 
     fn finish(&self) -> u64 {
@@ -205,7 +208,7 @@ impl Executor {
         &self,
         py: Python<'py>,
         code: &[u8],
-        locals: &[(String, Value)],
+        locals: &[(Name, Value)],
     ) -> PyResult<Bound<'py, PyAny>> {
         let compiled = compile(py, code, "eval")?;
         let globals = self.globals.bind(py);
@@ -265,7 +268,7 @@ pub fn call_with<'py>(
     py: Python<'py>,
     target: &Bound<'py, PyAny>,
     args: &[Value],
-    kwargs: &[(String, Value)],
+    kwargs: &[(Name, Value)],
 ) -> PyResult<Bound<'py, PyAny>> {
     let args = PyTuple::new(py, args.iter().map(|v| to_python(py, v)).collect::<PyResult<Vec<_>>>()?)?;
     if kwargs.is_empty() {
@@ -295,9 +298,10 @@ pub fn import<'py>(py: Python<'py>, name: &Bound<'py, PyString>) -> PyResult<Bou
     Ok(unsafe { Bound::from_owned_ptr(py, imported) })
 }
 
-fn kwargs_dict<'py>(py: Python<'py>, pairs: &[(String, Value)]) -> PyResult<Bound<'py, PyDict>> {
+fn kwargs_dict<'py>(py: Python<'py>, pairs: &[(Name, Value)]) -> PyResult<Bound<'py, PyDict>> {
     let dict = PyDict::new(py);
     for (k, v) in pairs {
+        let k = k.as_str();
         if dict.contains(k)? {
             return Err(PyTypeError::new_err(format!("keyword argument '{k}' given twice")));
         }

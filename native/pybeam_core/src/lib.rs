@@ -18,6 +18,7 @@ pub mod aio;
 pub mod callbacks;
 pub mod child;
 pub mod convert;
+pub mod gil_cell;
 pub mod interpreter;
 pub mod interrupt;
 pub mod jobs;

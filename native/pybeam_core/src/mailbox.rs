@@ -305,4 +305,3 @@ mod tests {
         assert_eq!(got, (0..100).collect::<Vec<_>>());
     }
 }
-

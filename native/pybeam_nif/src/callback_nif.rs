@@ -57,7 +57,8 @@ impl Beam for NifBeam {
             let to = env
                 .run(dispatcher)
                 .ok_or_else(|| "the pybeam application is not running (no py_callbacks)".to_owned())?;
-            env.send_and_clear(&to, |env| call_message(env, token, name, &args, timeout_ms)).map_err(|_| "the py_callbacks process is gone".to_owned())
+            env.send_and_clear(&to, |env| call_message(env, token, name, &args, timeout_ms))
+                .map_err(|_| "the py_callbacks process is gone".to_owned())
         })
     }
 
@@ -118,7 +119,7 @@ fn register_name(name: String, registered: bool) -> rustler::Atom {
 /// waiting. True if it was (the worker running it may then be killed).
 #[rustler::nif]
 fn callback_expire(token: u64) -> bool {
-    callbacks::complete(token, Err(callbacks::timeout_reason()))
+    callbacks::expire(token)
 }
 
 /// `callback_worker_idle(Pid)`: worker `Pid` waits for its next call. Returns its ticket

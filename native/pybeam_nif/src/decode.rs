@@ -188,11 +188,11 @@ impl Decoder {
         &mut self,
         term: Term<'a>,
         not_map: &'static str,
-    ) -> Result<Vec<(String, Value)>, DecodeError<'a>> {
+    ) -> Result<Vec<(Name, Value)>, DecodeError<'a>> {
         let iter = MapIterator::new(term).ok_or(DecodeError::BadArg(not_map))?;
         let mut out = Vec::new();
         for (k, v) in iter {
-            let key = name(k, "keyword names must be atoms or UTF-8 binaries")?.as_str().to_owned();
+            let key = name(k, "keyword names must be atoms or UTF-8 binaries")?;
             out.push((key, self.value(v)?));
         }
         Ok(out)

@@ -32,6 +32,7 @@ use super::handle::{Handle, TimerHandle};
 use super::helpers::{self, monotonic, monotonic_us};
 use super::link::{new_link, Command, Delivered, Dir, LinkHandle, LinkOps};
 use crate::callbacks;
+use crate::gil_cell::GilCell;
 
 /// asyncio's constants (base_events.py).
 const MAXIMUM_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
@@ -74,7 +75,7 @@ struct Timers {
 
 #[pyclass(module = "_pybeam", name = "LoopCore", subclass, frozen, weakref)]
 pub struct LoopCore {
-    ready: helpers::GilCell<VecDeque<Py<PyAny>>>,
+    ready: GilCell<VecDeque<Py<PyAny>>>,
     timers: Mutex<Timers>,
     timer_cancelled_count: AtomicUsize,
     stopping: AtomicBool,
@@ -274,7 +275,7 @@ impl LoopCore {
             None => (py.detach(new_link).map_err(|e| runtime_error(&e))?, true),
         };
         Ok(LoopCore {
-            ready: helpers::GilCell::new(VecDeque::new()),
+            ready: GilCell::new(VecDeque::new()),
             timers: Mutex::new(Timers::default()),
             timer_cancelled_count: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),

@@ -15,6 +15,7 @@ use pyo3::pyclass::CompareOp;
 use pyo3::types::{PyDict, PyTuple};
 
 use super::helpers;
+use crate::gil_cell::GilCell;
 
 struct Callback {
     callback: Py<PyAny>,
@@ -80,7 +81,7 @@ impl Drop for HandleContext {
 pub struct Handle {
     /// Cleared on cancel, as asyncio does, to break reference cycles. Behind the GIL, not
     /// a lock: every access holds it anyway. Borrows are never held across Python code.
-    callback: helpers::GilCell<Option<Callback>>,
+    callback: GilCell<Option<Callback>>,
     context: HandleContext,
     loop_: Py<PyAny>,
     cancelled: AtomicBool,
@@ -105,7 +106,7 @@ impl Handle {
         };
         let source_traceback = if debug { Some(helpers::extract_stack(py)?) } else { None };
         Ok(Handle {
-            callback: helpers::GilCell::new(Some(Callback { callback, args })),
+            callback: GilCell::new(Some(Callback { callback, args })),
             context,
             loop_,
             cancelled: AtomicBool::new(false),
