@@ -41,9 +41,9 @@
                       capacity => pos_integer(), spin_us => non_neg_integer()}.
 -export_type([loop_ref/0, callback_id/0, event/0, timer_ref/0]).
 
-%% Erlang's own limit for a relative timer.
 %% Options that size the native loop, checked here so that a bad value is a badarg.
 -define(SIZE_OPTS, [max_batch, capacity, spin_us, max_tasks]).
+%% Erlang's own limit for a relative timer.
 -define(MAX_DELAY, 16#FFFFFFFF).
 -define(BADARG(Cause, Args),
         erlang:error(badarg, Args, [{error_info, #{module => ?MODULE, cause => Cause}}])).

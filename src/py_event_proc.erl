@@ -488,20 +488,20 @@ deliver(#state{waiters = [W | Rest]} = S) ->
     %% A waiter that just died would take the events with it; it is skipped instead.
     %% The reply goes out before the monitor and timer are cleaned up: the waiter's
     %% latency is what the clean-up would otherwise add.
-    case is_process_alive(Pid) of
-        true ->
-            {Events, S1} = take_events(S#state{waiters = Rest}),
-            gen:reply(From, Events),
-            erlang:demonitor(Mon, [flush]),
-            cancel_poll_timer(Timer),
-            S1;
-        false ->
-            erlang:demonitor(Mon, [flush]),
-            cancel_poll_timer(Timer),
-            case Rest of
-                [] -> S#state{waiters = []};
-                _ -> deliver(S#state{waiters = Rest})
-            end
+    Alive = is_process_alive(Pid),
+    S1 = case Alive of
+             true ->
+                 {Events, Taken} = take_events(S#state{waiters = Rest}),
+                 gen:reply(From, Events),
+                 Taken;
+             false ->
+                 S#state{waiters = Rest}
+         end,
+    erlang:demonitor(Mon, [flush]),
+    cancel_poll_timer(Timer),
+    case Alive orelse Rest =:= [] of
+        true -> S1;
+        false -> deliver(S1)
     end.
 
 poll(From, Timeout, S) ->

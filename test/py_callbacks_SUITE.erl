@@ -26,10 +26,11 @@ init_per_suite(Config) ->
     ok = py:register_function(ident, fun(A, B) -> {A, B} end),
     ok = py:register_function(add, fun(A, B) -> A + B end),
     ok = py:register_function(<<"lists.reverse">>, {lists, reverse}),
+    ok = py:register_function(whoami, fun() -> self() end),
     Config.
 
 end_per_suite(_Config) ->
-    [py:unregister_function(N) || N <- [ident, add, <<"lists.reverse">>]],
+    [py:unregister_function(N) || N <- [ident, add, <<"lists.reverse">>, whoami]],
     ok.
 
 end_per_testcase(_Case, _Config) ->
@@ -93,7 +94,6 @@ a_callback_that_never_returns_times_out(_Config) ->
     ?assertEqual({ok, 3}, py:call(?H, call, [add, 1, 2])).
 
 runs_in_an_erlang_process(_Config) ->
-    ok = py:register_function(whoami, fun() -> self() end),
     {ok, Pid} = py:call(?H, call, [whoami]),
     ?assert(is_pid(Pid)),
     ?assertNotEqual(self(), Pid),
@@ -102,7 +102,6 @@ runs_in_an_erlang_process(_Config) ->
 %% A worker that answered waits for the next call, unless the function left state behind
 %% (messages, process dictionary, links, trapped exits), which the next call must not see.
 workers_are_reused_only_when_clean(_Config) ->
-    ok = py:register_function(whoami, fun() -> self() end),
     {ok, Pids} = py:eval(<<"[__import__('erlang').call('whoami') for _ in range(200)]">>),
     %% A call can come before the last worker is back on the idle list, which starts
     %% another; a process per call would be 200.
@@ -126,7 +125,6 @@ workers_are_reused_only_when_clean(_Config) ->
 idle_workers_end(_Config) ->
     ok = application:set_env(pybeam, callback_worker_idle_ms, 100),
     try
-        ok = py:register_function(whoami, fun() -> self() end),
         %% The worker that answers may be one started before the setting changed.
         {ok, Pids} = py:eval(<<"[__import__('erlang').call('whoami') for _ in range(3)]">>),
         py_test_util:wait_until(fun() -> not lists:any(fun is_process_alive/1, Pids) end),
@@ -137,7 +135,6 @@ idle_workers_end(_Config) ->
     end.
 
 a_killed_idle_worker_is_skipped(_Config) ->
-    ok = py:register_function(whoami, fun() -> self() end),
     {ok, Worker} = py:call(?H, call, [whoami]),
     py_test_util:wait_until(fun() -> process_info(Worker, status) =:= {status, waiting} end),
     %% The dispatcher takes a dead worker off the idle list when it sees it die; suspended,
