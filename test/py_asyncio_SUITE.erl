@@ -32,7 +32,8 @@ groups() ->
                      debug_mode_warns_of_slow_callbacks, signal_handlers_are_not_supported,
                      event_loop_policy_makes_erlang_loops, task_factory_and_create_future,
                      contextvars_reach_callbacks, context_copies_stay_out_of_the_collector,
-                    releasing_a_callback_may_use_its_handle, releasing_timers_may_use_the_loop]},
+                    releasing_a_callback_may_use_its_handle, releasing_timers_may_use_the_loop,
+                    spent_handles_are_released_and_reused_only_when_unreachable]},
      {timers, [], [timers_run_in_order_and_never_early, many_timers_never_early,
                    cancelled_timers_never_run, loop_time_is_monotonic]},
      {fds, [], [readers_and_writers_on_pipes_and_sockets, registering_a_closed_fd_fails]},
@@ -229,6 +230,16 @@ releasing_a_callback_may_use_its_handle(_Config) ->
 releasing_timers_may_use_the_loop(_Config) ->
     on_all(aio_loop, reentrant_timer_release, [],
            #{<<"released_by_sweep">> => 200, <<"heap_seen_while_closing">> => [0]}).
+
+%% The loop reuses spent handles (see SpareHandles in handle.rs): what a spent handle held
+%% is released at once, as when a handle is freed, and a handle that is still held or
+%% weakly referenced is never reused.
+spent_handles_are_released_and_reused_only_when_unreachable(_Config) ->
+    on_all(aio_loop, spent_handles, [],
+           #{<<"ran_args_released">> => true, <<"skipped_args_released">> => true,
+             <<"held_handle_intact">> => {true, {1}, false},
+             <<"held_handle_not_reused">> => true,
+             <<"weakly_referenced_handle_freed">> => true}).
 
 contextvars_reach_callbacks(_Config) ->
     on_all(aio_loop, contexts, [],

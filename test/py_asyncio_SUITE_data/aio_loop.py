@@ -595,6 +595,38 @@ async def reentrant_release() -> dict[str, Any]:
     return seen
 
 
+async def spent_handles() -> dict[str, Any]:
+    """A handle that nothing else holds lets go of its callback, arguments and context as
+    soon as it has run or been skipped (cancelled), as a freed one does; a handle that is
+    still held, or weakly referenced, is never reused for another callback."""
+    loop = asyncio.get_running_loop()
+
+    class Arg:
+        pass
+
+    ran, skipped = Arg(), Arg()
+    ran_ref, skipped_ref = weakref.ref(ran), weakref.ref(skipped)
+    loop.call_soon(_record, ran)
+    loop.call_soon(_record, skipped).cancel()
+    del ran, skipped
+    kept = loop.call_soon(_record, 1)
+    watched = loop.call_soon(_record, 2)
+    watched_ref = weakref.ref(watched)
+    del watched
+    await asyncio.sleep(0)
+    later = [loop.call_soon(_record, i) for i in range(100)]
+    await asyncio.sleep(0)
+    return {"ran_args_released": ran_ref() is None,
+            "skipped_args_released": skipped_ref() is None,
+            "held_handle_intact": (kept._callback is _record, kept._args, kept.cancelled()),
+            "held_handle_not_reused": all(h is not kept for h in later),
+            "weakly_referenced_handle_freed": watched_ref() is None}
+
+
+def _record(value: Any) -> None:
+    pass
+
+
 _CANARY: contextvars.ContextVar[Any] = contextvars.ContextVar("canary")
 
 

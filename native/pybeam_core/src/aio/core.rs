@@ -28,7 +28,7 @@ use pyo3::exceptions::{PyIndexError, PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
-use super::handle::{Handle, TimerHandle};
+use super::handle::{Handle, SpareHandles, TimerHandle};
 use super::helpers::{self, monotonic, monotonic_us};
 use super::link::{new_link, Command, Delivered, Dir, LinkHandle, LinkOps};
 use crate::callbacks;
@@ -76,6 +76,7 @@ struct Timers {
 #[pyclass(module = "_pybeam", name = "LoopCore", subclass, frozen, weakref)]
 pub struct LoopCore {
     ready: GilCell<VecDeque<Py<PyAny>>>,
+    spares: SpareHandles,
     timers: Mutex<Timers>,
     timer_cancelled_count: AtomicUsize,
     stopping: AtomicBool,
@@ -276,6 +277,7 @@ impl LoopCore {
         };
         Ok(LoopCore {
             ready: GilCell::new(VecDeque::new()),
+            spares: SpareHandles::new(),
             timers: Mutex::new(Timers::default()),
             timer_cancelled_count: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
@@ -308,7 +310,7 @@ impl LoopCore {
             slf.call_method0("_check_thread")?;
             slf.call_method1("_check_callback", (&callback, "call_soon"))?;
         }
-        let handle = helpers::new_untracked(slf.py(), Self::new_handle(slf, callback, args, context, debug)?)?;
+        let handle = this.spares.handle(slf.py(), callback, args, slf.clone().into_any().unbind(), context, debug)?;
         this.ready.borrow_mut(slf.py()).push_back(handle.clone().into_any().unbind());
         Ok(handle)
     }
@@ -326,7 +328,7 @@ impl LoopCore {
         if debug {
             slf.call_method1("_check_callback", (&callback, "call_soon_threadsafe"))?;
         }
-        let handle = helpers::new_untracked(slf.py(), Self::new_handle(slf, callback, args, context, debug)?)?;
+        let handle = this.spares.handle(slf.py(), callback, args, slf.clone().into_any().unbind(), context, debug)?;
         this.ready.borrow_mut(slf.py()).push_back(handle.clone().into_any().unbind());
         this.link.wake();
         Ok(handle)
@@ -422,6 +424,9 @@ impl LoopCore {
                 this.arm_wakeup(t);
             }
         }
+        if timeout != Some(0.0) {
+            this.spares.trim(py);
+        }
         // The event process wakes us for the next timer; the local limit is only a
         // safety net in case that message were lost.
         let limit = timeout.map(|t| if t > 0.0 { Duration::from_secs_f64(t) + Duration::from_millis(5) } else { Duration::ZERO });
@@ -495,6 +500,7 @@ impl LoopCore {
             } else {
                 Self::run_item(py, &item)?;
             }
+            this.spares.keep(item);
         }
 
         // One-shot watches whose readiness was handled are armed again.

@@ -7,7 +7,6 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use parking_lot::Mutex;
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -20,6 +19,14 @@ use crate::gil_cell::GilCell;
 struct Callback {
     callback: Py<PyAny>,
     args: Py<PyTuple>,
+}
+
+/// What a live handle holds. A spare handle (see `SpareHandles`) holds none of it.
+struct Parts {
+    /// Cleared on cancel, as asyncio does, to break reference cycles.
+    callback: Option<Callback>,
+    context: HandleContext,
+    loop_: Py<PyAny>,
 }
 
 /// The context a handle runs its callback in.
@@ -38,8 +45,12 @@ struct HandleContext {
 }
 
 impl HandleContext {
-    fn given(obj: Py<PyAny>) -> Self {
-        HandleContext { obj, private: AtomicBool::new(false) }
+    /// `context`, or a copy of the current one if None.
+    fn for_call(py: Python<'_>, context: Option<Py<PyAny>>) -> PyResult<Self> {
+        match context {
+            Some(c) if !c.is_none(py) => Ok(HandleContext { obj: c, private: AtomicBool::new(false) }),
+            _ => Self::copy_current(py),
+        }
     }
 
     fn copy_current(py: Python<'_>) -> PyResult<Self> {
@@ -71,23 +82,22 @@ impl HandleContext {
 
 impl Drop for HandleContext {
     fn drop(&mut self) {
-        // Handles are freed by Python (tp_dealloc) or on an error path of `build`, both
-        // with the GIL held; `obj` is released right after, by its own Drop.
+        // A handle lets go of its context when Python frees it (tp_dealloc), when it
+        // becomes a spare, or on an error path of `build`, all with the GIL held; `obj`
+        // is released right after, by its own Drop.
         self.track();
     }
 }
 
 #[pyclass(module = "erlang", name = "Handle", subclass, frozen, weakref)]
 pub struct Handle {
-    /// Cleared on cancel, as asyncio does, to break reference cycles. Behind the GIL, not
-    /// a lock: every access holds it anyway. Borrows are never held across Python code.
-    callback: GilCell<Option<Callback>>,
-    context: HandleContext,
-    loop_: Py<PyAny>,
+    /// None only while the handle is a spare. Behind the GIL, not a lock: every access
+    /// holds it anyway. Borrows are never held across Python code.
+    parts: GilCell<Option<Parts>>,
     cancelled: AtomicBool,
     source_traceback: Option<Py<PyAny>>,
     /// The repr frozen at cancel time in debug mode (asyncio keeps it for logs).
-    repr: Mutex<Option<String>>,
+    repr: GilCell<Option<String>>,
 }
 
 impl Handle {
@@ -100,25 +110,34 @@ impl Handle {
         context: Option<Py<PyAny>>,
         debug: bool,
     ) -> PyResult<Handle> {
-        let context = match context {
-            Some(c) if !c.is_none(py) => HandleContext::given(c),
-            _ => HandleContext::copy_current(py)?,
-        };
+        let context = HandleContext::for_call(py, context)?;
         let source_traceback = if debug { Some(helpers::extract_stack(py)?) } else { None };
         Ok(Handle {
-            callback: GilCell::new(Some(Callback { callback, args })),
-            context,
-            loop_,
+            parts: GilCell::new(Some(Parts { callback: Some(Callback { callback, args }), context, loop_ })),
             cancelled: AtomicBool::new(false),
             source_traceback,
-            repr: Mutex::new(None),
+            repr: GilCell::new(None),
         })
     }
 
     /// The callback and its arguments, unless cancelled. Bound clones: dropping them needs
     /// no check of which thread holds the GIL.
     fn callback_parts<'py>(&self, py: Python<'py>) -> Option<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
-        self.callback.borrow_mut(py).as_ref().map(|c| (c.callback.bind(py).clone(), c.args.bind(py).clone()))
+        let parts = self.parts.borrow_mut(py);
+        let c = parts.as_ref()?.callback.as_ref()?;
+        Some((c.callback.bind(py).clone(), c.args.bind(py).clone()))
+    }
+
+    fn loop_obj<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        self.parts.borrow_mut(py).as_ref().map(|p| p.loop_.bind(py).clone())
+    }
+
+    /// The context, for code outside the handle: tracked from now on.
+    fn shared_context(&self, py: Python<'_>) -> Py<PyAny> {
+        match &*self.parts.borrow_mut(py) {
+            Some(p) => p.context.share(py),
+            None => py.None(),
+        }
     }
 
     pub fn is_cancelled(&self) -> bool {
@@ -132,11 +151,14 @@ impl Handle {
             return Ok(false);
         }
         let py = slf.py();
-        if this.loop_.bind(py).call_method0("get_debug")?.is_truthy()? {
-            *this.repr.lock() = Some(Self::describe(slf)?);
+        if let Some(lp) = this.loop_obj(py) {
+            if lp.call_method0("get_debug")?.is_truthy()? {
+                let repr = Self::describe(slf)?;
+                *this.repr.borrow_mut(py) = Some(repr);
+            }
         }
         // Dropped outside the borrow: releasing the callback may run Python code.
-        let released = this.callback.borrow_mut(py).take();
+        let released = this.parts.borrow_mut(py).as_mut().and_then(|p| p.callback.take());
         drop(released);
         Ok(true)
     }
@@ -146,11 +168,15 @@ impl Handle {
     pub fn run(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let Some((callback, args)) = this.callback_parts(py) else {
-            return Ok(());
+        let (callback, args, ctx) = {
+            let parts = this.parts.borrow_mut(py);
+            let Some(Parts { callback: Some(c), context, .. }) = parts.as_ref() else {
+                return Ok(());
+            };
+            (c.callback.bind(py).clone(), c.args.bind(py).clone(), context.obj.bind(py).clone())
         };
-        let ctx = this.context.obj.as_ptr();
-        // SAFETY: ctx is a live Context (checked type at construction by asyncio's rules:
+        let ctx = ctx.as_ptr();
+        // SAFETY: ctx is a live Context (we hold a reference; asyncio's rules make it one:
         // either copied here or given by the caller); Enter/Exit pair up below.
         if unsafe { ffi::PyContext_Enter(ctx) } < 0 {
             return Err(PyErr::fetch(py));
@@ -174,7 +200,9 @@ impl Handle {
                         context.set_item("source_traceback", tb)?;
                     }
                 }
-                this.loop_.bind(py).call_method1("call_exception_handler", (context,))?;
+                if let Some(lp) = this.loop_obj(py) {
+                    lp.call_method1("call_exception_handler", (context,))?;
+                }
                 Ok(())
             }
         }
@@ -222,7 +250,7 @@ impl Handle {
     }
 
     fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.context.share(py)
+        self.shared_context(py)
     }
 
     fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -252,12 +280,15 @@ impl Handle {
 
     #[getter]
     fn _loop(&self, py: Python<'_>) -> Py<PyAny> {
-        self.loop_.clone_ref(py)
+        match self.loop_obj(py) {
+            Some(lp) => lp.unbind(),
+            None => py.None(),
+        }
     }
 
     #[getter]
     fn _context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.context.share(py)
+        self.shared_context(py)
     }
 
     #[getter]
@@ -269,15 +300,100 @@ impl Handle {
     }
 
     #[getter]
-    fn _repr(&self) -> Option<String> {
-        self.repr.lock().clone()
+    fn _repr(&self, py: Python<'_>) -> Option<String> {
+        self.repr.borrow_mut(py).clone()
     }
 
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
-        if let Some(r) = &*slf.get().repr.lock() {
-            return Ok(r.clone());
+        let frozen = slf.get().repr.borrow_mut(slf.py()).clone();
+        match frozen {
+            Some(r) => Ok(r),
+            None => Self::describe(slf),
         }
-        Self::describe(slf)
+    }
+}
+
+/// Spent handles of one loop, kept for its next `call_soon`s.
+///
+/// Allocating and freeing a handle (pyo3's object set-up and dealloc, the allocator, and
+/// the pages of pymalloc arenas that a burst of callbacks empties and the next burst maps
+/// again) was about a fifth of the loop thread in a `call_soon` loop. A handle is kept
+/// only when nothing else can reach it: it is a plain `Handle`, the loop holds its last
+/// reference and it has no weak references. It then lets go of everything it held, just
+/// as it would have if freed, so keeping it is not observable. A busy loop keeps up to
+/// `MAX_SPARES`; an idle one gives all but `IDLE_SPARES` back.
+pub struct SpareHandles(GilCell<Vec<Py<Handle>>>);
+
+const MAX_SPARES: usize = 16_384;
+const IDLE_SPARES: usize = 64;
+
+impl SpareHandles {
+    pub fn new() -> Self {
+        SpareHandles(GilCell::new(Vec::new()))
+    }
+
+    /// A handle for `callback(*args)` on `loop_`: a spare one if there is one.
+    pub fn handle<'py>(
+        &self,
+        py: Python<'py>,
+        callback: Py<PyAny>,
+        args: Py<PyTuple>,
+        loop_: Py<PyAny>,
+        context: Option<Py<PyAny>>,
+        debug: bool,
+    ) -> PyResult<Bound<'py, Handle>> {
+        // Debug handles carry a source traceback: never spares, never reused.
+        let spare = if debug { None } else { self.0.borrow_mut(py).pop() };
+        let Some(spare) = spare else {
+            return helpers::new_untracked(py, Handle::build(py, callback, args, loop_, context, debug)?);
+        };
+        let spare = spare.into_bound(py);
+        let context = HandleContext::for_call(py, context)?;
+        let this = spare.get();
+        this.cancelled.store(false, Ordering::Relaxed);
+        // A spare's parts are None: nothing is dropped here.
+        *this.parts.borrow_mut(py) = Some(Parts { callback: Some(Callback { callback, args }), context, loop_ });
+        Ok(spare)
+    }
+
+    /// Keeps `item` (just run or skipped by the loop) as a spare if nothing else can reach
+    /// it; otherwise lets it go.
+    pub fn keep(&self, item: Bound<'_, PyAny>) {
+        let py = item.py();
+        let Ok(handle) = item.cast_into_exact::<Handle>() else { return };
+        let ptr = handle.as_ptr();
+        // SAFETY: the GIL is held and `ptr` is alive (`handle` owns a reference). The weak
+        // reference list sits at the type's `tp_weaklistoffset`, positive for Handle (a
+        // weakref class; the exact type was checked).
+        let unreachable = unsafe {
+            ffi::Py_REFCNT(ptr) == 1
+                && (*ptr.cast::<u8>().offset((*ffi::Py_TYPE(ptr)).tp_weaklistoffset).cast::<*mut ffi::PyObject>()).is_null()
+        };
+        if !unreachable || self.0.borrow_mut(py).len() >= MAX_SPARES {
+            return;
+        }
+        let this = handle.get();
+        if this.source_traceback.is_some() {
+            return;
+        }
+        let held = this.parts.borrow_mut(py).take();
+        this.repr.borrow_mut(py).take();
+        self.0.borrow_mut(py).push(handle.unbind());
+        // Released last, outside every borrow: it may run Python code, even call_soon.
+        drop(held);
+    }
+
+    /// Lets all but `IDLE_SPARES` go: the loop is about to wait.
+    pub fn trim(&self, py: Python<'_>) {
+        let extra = {
+            let mut spares = self.0.borrow_mut(py);
+            if spares.len() <= IDLE_SPARES {
+                return;
+            }
+            spares.split_off(IDLE_SPARES)
+        };
+        // Spares hold no references: freeing them runs no Python code.
+        drop(extra);
     }
 }
 
@@ -314,7 +430,9 @@ impl TimerHandle {
         let base = slf.as_super();
         let was_cancelled = base.get().is_cancelled();
         if !was_cancelled && slf.get().scheduled.load(Ordering::Relaxed) {
-            base.get().loop_.bind(slf.py()).call_method1("_timer_handle_cancelled", (slf,))?;
+            if let Some(lp) = base.get().loop_obj(slf.py()) {
+                lp.call_method1("_timer_handle_cancelled", (slf,))?;
+            }
         }
         Handle::mark_cancelled(base).map(|_| ())
     }
