@@ -33,7 +33,8 @@ groups() ->
                      event_loop_policy_makes_erlang_loops, task_factory_and_create_future,
                      contextvars_reach_callbacks, context_copies_stay_out_of_the_collector,
                     releasing_a_callback_may_use_its_handle, releasing_timers_may_use_the_loop,
-                    spent_handles_are_released_and_reused_only_when_unreachable]},
+                    spent_handles_are_released_and_reused_only_when_unreachable,
+                    a_waiting_loop_gives_spare_handles_back]},
      {timers, [], [timers_run_in_order_and_never_early, many_timers_never_early,
                    cancelled_timers_never_run, loop_time_is_monotonic]},
      {fds, [], [readers_and_writers_on_pipes_and_sockets, registering_a_closed_fd_fails]},
@@ -240,6 +241,11 @@ spent_handles_are_released_and_reused_only_when_unreachable(_Config) ->
              <<"held_handle_intact">> => {true, {1}, false},
              <<"held_handle_not_reused">> => true,
              <<"weakly_referenced_handle_freed">> => true}).
+
+%% The 20,000 handles spent by the busy loop are kept up to the bound (16,384); once the
+%% loop waits, at most 64 are left.
+a_waiting_loop_gives_spare_handles_back(_Config) ->
+    on_both(aio_loop, spare_handles, [], #{<<"busy">> => 16384, <<"after_wait_at_most_64">> => true}).
 
 contextvars_reach_callbacks(_Config) ->
     on_all(aio_loop, contexts, [],

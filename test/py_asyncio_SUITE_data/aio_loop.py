@@ -627,6 +627,25 @@ def _record(value: Any) -> None:
     pass
 
 
+async def spare_handles() -> dict[str, Any]:
+    """ErlangEventLoop keeps the handles spent while it is busy, up to a bound, and gives
+    all but a few back once it waits."""
+    loop = asyncio.get_running_loop()
+    counts: dict[str, int] = {}
+
+    def count(name: str) -> None:
+        counts[name] = loop._spare_handles
+
+    for _ in range(20_000):
+        loop.call_soon(_record, None)
+    loop.call_soon(count, "busy")
+    await asyncio.sleep(0)
+    await asyncio.sleep(0.01)  # the loop waits for the timer
+    count("after_wait")
+    # The wake-up that resumed this coroutine may have taken one of the 64 back.
+    return {"busy": counts["busy"], "after_wait_at_most_64": counts["after_wait"] <= 64}
+
+
 _CANARY: contextvars.ContextVar[Any] = contextvars.ContextVar("canary")
 
 

@@ -517,6 +517,12 @@ impl LoopCore {
         Ok(())
     }
 
+    /// How many spent handles the loop keeps for reuse (for tests).
+    #[getter]
+    fn _spare_handles(&self, py: Python<'_>) -> usize {
+        self.spares.len(py)
+    }
+
     #[getter]
     fn _ready(slf: &Bound<'_, Self>) -> ReadyView {
         ReadyView { core: slf.clone().unbind() }

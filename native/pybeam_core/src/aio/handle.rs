@@ -383,6 +383,10 @@ impl SpareHandles {
         drop(held);
     }
 
+    pub fn len(&self, py: Python<'_>) -> usize {
+        self.0.borrow_mut(py).len()
+    }
+
     /// Lets all but `IDLE_SPARES` go: the loop is about to wait.
     pub fn trim(&self, py: Python<'_>) {
         let extra = {
