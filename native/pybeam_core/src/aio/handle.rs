@@ -362,12 +362,15 @@ impl SpareHandles {
         let py = item.py();
         let Ok(handle) = item.cast_into_exact::<Handle>() else { return };
         let ptr = handle.as_ptr();
-        // SAFETY: the GIL is held and `ptr` is alive (`handle` owns a reference). The weak
-        // reference list sits at the type's `tp_weaklistoffset`, positive for Handle (a
-        // weakref class; the exact type was checked).
+        // SAFETY: the GIL is held and `ptr` is alive (`handle` owns a reference). Handle is
+        // a weakref class (the exact type was checked), so its type's `tp_weaklistoffset` is
+        // non-zero and locates the object's weak reference list: inside the object, or
+        // (negative: CPython 3.12's managed weak references) just before it.
         let unreachable = unsafe {
+            let offset = (*ffi::Py_TYPE(ptr)).tp_weaklistoffset;
             ffi::Py_REFCNT(ptr) == 1
-                && (*ptr.cast::<u8>().offset((*ffi::Py_TYPE(ptr)).tp_weaklistoffset).cast::<*mut ffi::PyObject>()).is_null()
+                && offset != 0
+                && (*ptr.cast::<u8>().offset(offset).cast::<*mut ffi::PyObject>()).is_null()
         };
         if !unreachable || self.0.borrow_mut(py).len() >= MAX_SPARES {
             return;
