@@ -123,6 +123,21 @@ impl LoopCore {
         Handle::build(slf.py(), callback, args, slf.clone().into_any().unbind(), context, debug)
     }
 
+    /// A handle for `callback(*args)` (a spare one if the loop has one), queued as ready.
+    fn push_ready<'py>(
+        slf: &Bound<'py, Self>,
+        callback: Py<PyAny>,
+        args: Py<PyTuple>,
+        context: Option<Py<PyAny>>,
+        debug: bool,
+    ) -> PyResult<Bound<'py, Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        let handle = this.spares.handle(py, callback, args, slf.clone().into_any().unbind(), context, debug)?;
+        this.ready.borrow_mut(py).push_back(handle.clone().into_any().unbind());
+        Ok(handle)
+    }
+
     fn schedule(slf: &Bound<'_, Self>, when: f64, callback: Py<PyAny>, args: Py<PyTuple>, context: Option<Py<PyAny>>) -> PyResult<Py<TimerHandle>> {
         let py = slf.py();
         let this = slf.get();
@@ -310,8 +325,7 @@ impl LoopCore {
             slf.call_method0("_check_thread")?;
             slf.call_method1("_check_callback", (&callback, "call_soon"))?;
         }
-        let handle = this.spares.handle(slf.py(), callback, args, slf.clone().into_any().unbind(), context, debug)?;
-        this.ready.borrow_mut(slf.py()).push_back(handle.clone().into_any().unbind());
+        let handle = Self::push_ready(slf, callback, args, context, debug)?;
         Ok(handle)
     }
 
@@ -328,8 +342,7 @@ impl LoopCore {
         if debug {
             slf.call_method1("_check_callback", (&callback, "call_soon_threadsafe"))?;
         }
-        let handle = this.spares.handle(slf.py(), callback, args, slf.clone().into_any().unbind(), context, debug)?;
-        this.ready.borrow_mut(slf.py()).push_back(handle.clone().into_any().unbind());
+        let handle = Self::push_ready(slf, callback, args, context, debug)?;
         this.link.wake();
         Ok(handle)
     }

@@ -29,6 +29,14 @@ struct Parts {
     loop_: Py<PyAny>,
 }
 
+impl Parts {
+    /// What a handle for `callback(*args)` on `loop_` holds, in `context` (a copy of the
+    /// current one if None).
+    fn new(py: Python<'_>, callback: Py<PyAny>, args: Py<PyTuple>, loop_: Py<PyAny>, context: Option<Py<PyAny>>) -> PyResult<Self> {
+        Ok(Parts { callback: Some(Callback { callback, args }), context: HandleContext::for_call(py, context)?, loop_ })
+    }
+}
+
 /// The context a handle runs its callback in.
 ///
 /// asyncio copies the current context for every callback scheduled without one: a
@@ -110,10 +118,10 @@ impl Handle {
         context: Option<Py<PyAny>>,
         debug: bool,
     ) -> PyResult<Handle> {
-        let context = HandleContext::for_call(py, context)?;
+        let parts = Parts::new(py, callback, args, loop_, context)?;
         let source_traceback = if debug { Some(helpers::extract_stack(py)?) } else { None };
         Ok(Handle {
-            parts: GilCell::new(Some(Parts { callback: Some(Callback { callback, args }), context, loop_ })),
+            parts: GilCell::new(Some(parts)),
             cancelled: AtomicBool::new(false),
             source_traceback,
             repr: GilCell::new(None),
@@ -348,11 +356,11 @@ impl SpareHandles {
             return helpers::new_untracked(py, Handle::build(py, callback, args, loop_, context, debug)?);
         };
         let spare = spare.into_bound(py);
-        let context = HandleContext::for_call(py, context)?;
+        let parts = Parts::new(py, callback, args, loop_, context)?;
         let this = spare.get();
         this.cancelled.store(false, Ordering::Relaxed);
         // A spare's parts are None: nothing is dropped here.
-        *this.parts.borrow_mut(py) = Some(Parts { callback: Some(Callback { callback, args }), context, loop_ });
+        *this.parts.borrow_mut(py) = Some(parts);
         Ok(spare)
     }
 
