@@ -41,10 +41,23 @@ new() ->
 spawn(Id, _Argv, _Opts, Children) when is_map_key(Id, Children) ->
     {error, already_registered};
 spawn(Id, Argv, Opts, Children) ->
-    {Stdin, Data} = case maps:get(stdin, Opts, null) of
-                        {data, D} -> {pipe, iolist_to_binary(D)};
-                        null -> {null, <<>>}
-                    end,
+    case stdin(maps:get(stdin, Opts, null)) of
+        {ok, Stdin, Data} -> spawn(Id, Argv, Opts, Stdin, Data, Children);
+        error -> {badarg, <<"stdin must be null or {data, iodata()}">>}
+    end.
+
+stdin(null) ->
+    {ok, null, <<>>};
+stdin({data, D}) ->
+    try iolist_to_binary(D) of
+        Data -> {ok, pipe, Data}
+    catch
+        error:badarg -> error
+    end;
+stdin(_) ->
+    error.
+
+spawn(Id, Argv, Opts, Stdin, Data, Children) ->
     NativeOpts = maps:merge(maps:with([cwd, env], Opts),
                             #{stdin => Stdin, stdout => pipe, stderr => maps:get(stderr, Opts, pipe)}),
     case py_nif:spawn_child(Argv, NativeOpts) of
@@ -133,7 +146,10 @@ finish(Id, Child, Events, Children) ->
     {Events, Children#{Id := Child}}.
 
 %% @doc Sends `Signal' to child `Id'.
--spec kill(term(), integer(), t()) -> ok | {error, term()}.
+-spec kill(term(), term(), t()) -> ok | {error, term()}.
+kill(_Id, Signal, _Children) when not is_integer(Signal); Signal < 1; Signal > 16#7fffffff ->
+    %% kill(2) takes a C int; anything else is no signal at all.
+    {error, einval};
 kill(Id, Signal, Children) ->
     case Children of
         #{Id := #child{status = undefined, pidfd = Pidfd}} -> py_nif:child_kill(Pidfd, Signal);

@@ -28,7 +28,7 @@ groups() ->
      {children, [], [subprocess_echo, subprocess_stderr_and_signals, subprocess_not_found,
                      destroy_kills_children]},
      {sockets, [], [tcp_socket_events, udp_socket_events]},
-     {bad_input, [], [bad_fds, bad_callback_ids, bad_delays, bad_poll_timeout, bad_loop_options,
+     {bad_input, [], [bad_fds, bad_child_arguments, bad_callback_ids, bad_delays, bad_poll_timeout, bad_loop_options,
                       calls_on_a_destroyed_loop]}].
 
 init_per_suite(Config) ->
@@ -414,6 +414,8 @@ bad_fds(Config) ->
     ?assertEqual({fd, 1.5}, badarg_cause(fun() -> py_event_loop_v2:add_writer(EP, 1.5, 1) end)),
     ?assertEqual({error, badfd}, py_event_loop_v2:add_reader(EP, -1, 1)),
     ?assertEqual({error, badfd}, py_event_loop_v2:add_reader(EP, 999999, 1)),
+    %% Beyond any fd number (and any C int): refused, not an exception in the event process.
+    ?assertEqual({error, badfd}, py_event_loop_v2:add_reader(EP, 1 bsl 70, 1)),
     {R, W} = pipe(),
     close_fds([R]),
     ?assertEqual({error, badfd}, py_event_loop_v2:add_reader(EP, R, 1)),
@@ -438,6 +440,35 @@ bad_fds(Config) ->
     ?assertEqual({error, badfd}, py_event_loop_v2:add_reader(EP, DirFd, 1)),
     close_fds([FileFd, DirFd]),
     ?assertMatch(#{fds := 0}, py_event_loop_v2:info(EP)).
+
+%% Malformed argv, env, stdin and signals are refused with a reason; the event process
+%% lives on.
+bad_child_arguments(Config) ->
+    EP = ?config(ep, Config),
+    Spawn = fun(Argv, Opts) -> badarg_cause(fun() -> py_event_loop_v2:spawn(EP, 1, Argv, Opts) end) end,
+    Argv = <<"argv must be a non-empty list of strings without NUL">>,
+    ?assertEqual(Argv, Spawn([<<"echo">> | foo], #{})),
+    ?assertEqual(Argv, Spawn([<<"echo">>, <<"a">> | <<"b">>], #{})),
+    ?assertEqual(Argv, Spawn([<<"echo">>, 42], #{})),
+    ?assertEqual(Argv, Spawn([<<"ec", 0, "ho">>], #{})),
+    ?assertEqual(<<"env must be a list of \"NAME=value\" strings">>,
+                 Spawn([<<"echo">>], #{env => [<<"A=1">> | x]})),
+    Stdin = <<"stdin must be null or {data, iodata()}">>,
+    ?assertEqual(Stdin, Spawn([<<"cat">>], #{stdin => {data, [<<"a">> | x]}})),
+    ?assertEqual(Stdin, Spawn([<<"cat">>], #{stdin => {data, 5}})),
+    ?assertEqual(Stdin, Spawn([<<"cat">>], #{stdin => bogus})),
+    ?assertEqual(<<"cwd must be a string">>, Spawn([<<"echo">>], #{cwd => 5})),
+    %% Still serving, and nothing was started.
+    ?assertMatch(#{children := 0}, py_event_loop_v2:info(EP)),
+    {ok, _} = py_event_loop_v2:spawn(EP, 2, [<<"cat">>], #{stdin => {data, [<<"o">>, $k]}}),
+    Events = collect(EP, 2, 5000),
+    ?assertEqual([{2, subprocess_stdout, <<"ok">>}, {2, subprocess_exit, 0}], Events),
+    {ok, _} = py_event_loop_v2:spawn(EP, 3, [<<"sleep">>, <<"30">>], #{}),
+    ?assertEqual({error, einval}, py_event_loop_v2:kill(EP, 3, 99999)),
+    ?assertEqual({error, einval}, py_event_loop_v2:kill(EP, 3, 1 bsl 70)),
+    ?assertEqual({kill, 0}, badarg_cause(fun() -> py_event_loop_v2:kill(EP, 3, 0) end)),
+    ok = py_event_loop_v2:kill(EP, 3, 9),
+    ?assertEqual([{3, subprocess_exit, -9}], collect(EP, 1, 5000)).
 
 bad_callback_ids(Config) ->
     EP = ?config(ep, Config),

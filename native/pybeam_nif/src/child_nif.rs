@@ -6,7 +6,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{IntoRawFd, OwnedFd};
 
-use rustler::{Atom, Binary, Encoder, Env, ListIterator, NewBinary, Term};
+use rustler::{Atom, Binary, Encoder, Env, NewBinary, Term};
 
 use pybeam_core::child::{self, ExitStatus, SpawnSpec, Stdio};
 
@@ -15,7 +15,7 @@ use crate::select::{get_watch, new_watch, FdKind, FdWatch};
 
 fn strings(term: Term<'_>) -> Option<Vec<CString>> {
     let mut out = Vec::new();
-    for item in term.decode::<ListIterator>().ok()? {
+    for item in crate::decode::proper_list(term)? {
         let bin = Binary::from_iolist(item).ok()?;
         out.push(CString::new(bin.as_slice()).ok()?);
     }

@@ -7,13 +7,20 @@
 use std::sync::Arc;
 
 use rustler::types::tuple::get_tuple;
-use rustler::{Binary, MapIterator, Term, TermType};
+use rustler::{Binary, ListIterator, MapIterator, Term, TermType};
 
 use pybeam_core::value::bigint_from_etf;
 use pybeam_core::{Bytes, CallTarget, Job, Name, Value, MAX_DEPTH};
 
 use crate::atoms;
 use crate::kept_env::{KeptBinary, KeptEnv};
+
+/// The items of a proper list. rustler's list iterator panics at an improper tail, so
+/// every list a NIF walks comes through here (enif_get_list_length fails on improper lists).
+pub fn proper_list(term: Term<'_>) -> Option<ListIterator<'_>> {
+    term.list_length().ok()?;
+    term.decode::<ListIterator>().ok()
+}
 
 /// Nodes a normal-scheduler NIF may decode before handing over to a dirty scheduler.
 pub const NORMAL_BUDGET: usize = 20_000;

@@ -22,7 +22,7 @@ use pybeam_core::aio::link::{Command, Delivered, Dir};
 use pybeam_core::{Completion, Host, Job, Loop, LoopConfig, Request, ResultKind, SubmitError};
 
 use crate::atoms;
-use crate::decode::{DecodeError, Decoder, NORMAL_BUDGET};
+use crate::decode::{self, DecodeError, Decoder, NORMAL_BUDGET};
 use crate::encode;
 use crate::kept_env::KeptEnv;
 
@@ -278,8 +278,8 @@ fn submit_with_budget<'a>(
 /// `{failed, Fd, read | write}` (could not be watched), `wakeup`.
 #[rustler::nif]
 fn deliver_events<'a>(env: Env<'a>, lp: ResourceArc<LoopResource>, events: Term<'a>) -> Term<'a> {
-    let Ok(items) = events.decode::<rustler::ListIterator>() else {
-        return (atoms::badarg(), "events must be a list").encode(env);
+    let Some(items) = decode::proper_list(events) else {
+        return (atoms::badarg(), "events must be a proper list").encode(env);
     };
     let mut out = Vec::new();
     for item in items {
@@ -343,8 +343,8 @@ fn submit_many_with_budget<'a>(
     if lp.lp.is_closed() {
         return (atoms::error(), atoms::loop_destroyed()).encode(env);
     }
-    let Ok(items) = requests.decode::<rustler::ListIterator>() else {
-        return (atoms::badarg(), "requests must be a list").encode(env);
+    let Some(items) = decode::proper_list(requests) else {
+        return (atoms::badarg(), "requests must be a proper list").encode(env);
     };
     // One budget for the whole batch: a big batch goes to a dirty scheduler as a whole.
     let mut left = budget;

@@ -10,7 +10,7 @@ use crate::{atoms, encode};
 
 fn strings(term: Term<'_>) -> Option<Vec<String>> {
     let mut out = Vec::new();
-    for item in term.decode::<rustler::ListIterator>().ok()? {
+    for item in crate::decode::proper_list(term)? {
         let bin = rustler::Binary::from_iolist(item).ok()?;
         out.push(String::from_utf8(bin.as_slice().to_vec()).ok()?);
     }

@@ -191,9 +191,11 @@ fn direction(dir: Atom) -> Option<c_int> {
 /// `fd_watch(Fd) -> {ok, Watch} | {error, badfd | already_registered}`: a watch on a
 /// caller's fd, which no other watch may hold.
 #[rustler::nif]
-fn fd_watch(env: Env, fd: i64) -> Term {
-    match RawFd::try_from(fd) {
-        Ok(fd) if fd_is_pollable(fd) => {
+fn fd_watch<'a>(env: Env<'a>, fd: Term<'a>) -> Term<'a> {
+    // Any term: whatever is not an fd number is a bad fd, never an exception in the event
+    // process that asks.
+    match fd.decode::<i64>().ok().and_then(|fd| RawFd::try_from(fd).ok()) {
+        Some(fd) if fd_is_pollable(fd) => {
             if claim(fd) {
                 (atoms::ok(), new_watch(env, fd, FdKind::Caller)).encode(env)
             } else {
