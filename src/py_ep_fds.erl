@@ -102,28 +102,43 @@ ready(Fd, Dir, Serial, Fds) ->
             {stale, Fds}
     end.
 
-%% @doc Re-arms every direction whose event was delivered. A direction whose fd can no
-%% longer be selected (closed by its owner) goes quiet instead.
+%% @doc Re-arms every direction whose event was delivered, in one NIF call. A direction
+%% whose fd can no longer be selected (closed by its owner) goes quiet instead.
 -spec rearm([{integer(), dir()}], t()) -> t().
 rearm(Delivered, Fds) ->
-    lists:foldl(fun({Fd, Dir}, Acc) -> rearm_one(Fd, Dir, Acc) end, Fds, Delivered).
+    case lists:foldl(fun due/2, {[], Fds}, Delivered) of
+        {[], Fds1} ->
+            Fds1;
+        {Due, Fds1} ->
+            Calls = lists:reverse(Due),
+            Results = py_nif:fd_select_all([{W, Dir, msg(Fd, Dir, Serial)} || {Fd, Dir, W, Serial} <- Calls]),
+            quiet_failed(Calls, Results, Fds1)
+    end.
 
-rearm_one(Fd, Dir, Fds) ->
+%% A pending direction is marked armed as it is collected, so a direction listed twice is
+%% selected once.
+due({Fd, Dir}, {Due, Fds}) ->
     case Fds of
         #{Fd := Entry} ->
             case get_dir(Dir, Entry) of
                 #dir{state = pending, serial = Serial} = D ->
-                    State = case py_nif:fd_select(Entry#fd.watch, Dir, msg(Fd, Dir, Serial)) of
-                                ok -> armed;
-                                {error, badfd} -> dead
-                            end,
-                    Fds#{Fd := set_dir(Dir, D#dir{state = State}, Entry)};
+                    {[{Fd, Dir, Entry#fd.watch, Serial} | Due],
+                     Fds#{Fd := set_dir(Dir, D#dir{state = armed}, Entry)}};
                 _ ->
-                    Fds
+                    {Due, Fds}
             end;
         #{} ->
-            Fds
+            {Due, Fds}
     end.
+
+quiet_failed([_ | Calls], [ok | Results], Fds) ->
+    quiet_failed(Calls, Results, Fds);
+quiet_failed([{Fd, Dir, _, _} | Calls], [{error, badfd} | Results], Fds) ->
+    #{Fd := Entry} = Fds,
+    D = get_dir(Dir, Entry),
+    quiet_failed(Calls, Results, Fds#{Fd := set_dir(Dir, D#dir{state = dead}, Entry)});
+quiet_failed([], [], Fds) ->
+    Fds.
 
 %% @doc Ends every watch; the caller's fds stay open.
 -spec stop_all(t()) -> ok.

@@ -68,6 +68,8 @@
     serial = 0 :: non_neg_integer(),
     %% what the loop's own asyncio loop gets, newest first: delivered in one NIF call
     native_out = [] :: [{integer(), read | write} | {failed, integer(), read | write} | wakeup],
+    %% messages handled since `native_out' could have gone
+    native_held = 0 :: non_neg_integer(),
     native_wakeup :: reference() | undefined,
     %% false for a loop made from Python code: a thread of Python's runs it
     threaded = true :: boolean(),
@@ -164,16 +166,20 @@ loop(S) ->
         idle(S)
     end.
 
+hold_timeout(#state{native_out = [_ | _]}) -> 0;
 hold_timeout(#state{count = N, waiters = [_ | _]}) when N > 0 -> 0;
 hold_timeout(#state{spin = Spin}) when Spin > 0 -> 0;
 hold_timeout(_) -> infinity.
 
-%% The mailbox is empty. Held events go to the waiter now. Otherwise, while the process
+%% The mailbox is empty. What the loop's asyncio loop has waiting goes to it, and held
+%% events to the waiter, now. Otherwise, while the process
 %% watches fds, sockets or children, it looks at its mailbox for up to `spin' before it
 %% blocks: their readiness comes through the BEAM's poller, often microseconds after what
 %% the loop just did, and a blocked process's scheduler may have gone to sleep by then;
 %% waking it (and its CPU, on a VM) costs tens of microseconds. With nothing watched,
 %% spinning would only take a core from the loop thread and the callers.
+idle(#state{native_out = [_ | _]} = S) ->
+    idle(flush_native(S));
 idle(#state{count = N, waiters = [_ | _]} = S) when N > 0 ->
     loop(deliver(S));
 idle(#state{spin = Spin} = S) when Spin > 0 ->
@@ -222,7 +228,7 @@ dispatch({timeout, _, {'$py_tick', Deadline}}, S) ->
 dispatch({'$py_fd', Fd, Dir, Serial}, S) ->
     next(fd_ready(Fd, Dir, Serial, S));
 dispatch({'$py_loop_cmds', Cmds}, S) ->
-    next(lists:foldl(fun loop_command/2, S, Cmds));
+    next(loop_commands(Cmds, [], S));
 dispatch({timeout, Ref, '$py_native_wakeup'}, S) when Ref =:= S#state.native_wakeup ->
     next(S#state{native_wakeup = undefined, native_out = [wakeup | S#state.native_out]});
 dispatch({'$py_child', Id, Stream}, S) ->
@@ -261,14 +267,20 @@ other_message(Msg, S) ->
         not_socket -> loop(S)
     end.
 
-%% After each message: what the loop's asyncio loop gets goes in one NIF call, and the
-%% queued events go to the first waiter, if any, once the mailbox is empty (or after
-%% ?HOLD_MESSAGES more messages).
+%% After each message. What the loop's asyncio loop gets, and the queued events for the
+%% first waiter, if any, leave once the mailbox is empty (or after ?HOLD_MESSAGES more
+%% messages): readiness of many fds arrives as one message each, and goes to the loop
+%% thread in one NIF call.
 next(#state{native_out = []} = S) ->
     to_waiters(S);
-next(#state{native_out = Out, loop = Loop} = S) ->
+next(#state{native_held = Held} = S) when Held < ?HOLD_MESSAGES ->
+    to_waiters(S#state{native_held = Held + 1});
+next(S) ->
+    to_waiters(flush_native(S)).
+
+flush_native(#state{native_out = Out, loop = Loop} = S) ->
     ok = py_nif:deliver_events(Loop, lists:reverse(Out)),
-    to_waiters(S#state{native_out = []}).
+    S#state{native_out = [], native_held = 0}.
 
 to_waiters(#state{count = 0} = S) ->
     loop(S);
@@ -282,6 +294,18 @@ to_waiters(S) ->
 
 %%% The loop's own asyncio loop
 
+%% One message per loop iteration. Its re-arms go in one NIF call after the other commands:
+%% a re-arm only touches a direction whose readiness is pending, which no watch or unwatch
+%% in the same batch can make pending, so doing them last changes nothing else.
+loop_commands([{rearm, Fd, Dir} | Rest], Rearm, S) ->
+    loop_commands(Rest, [{Fd, Dir} | Rearm], S);
+loop_commands([Cmd | Rest], Rearm, S) ->
+    loop_commands(Rest, Rearm, loop_command(Cmd, S));
+loop_commands([], [], S) ->
+    S;
+loop_commands([], Rearm, #state{fds = Fds} = S) ->
+    S#state{fds = py_ep_fds:rearm(lists:reverse(Rearm), Fds)}.
+
 loop_command({watch, Fd, Dir}, #state{fds = Fds, serial = Serial} = S) ->
     case py_ep_fds:add(Fd, Dir, native, Serial + 1, Fds) of
         {ok, Fds1} -> S#state{fds = Fds1, serial = Serial + 1};
@@ -292,8 +316,6 @@ loop_command({unwatch, Fd, Dir}, #state{fds = Fds} = S) ->
         {ok, _Id, _Pending, Fds1} -> S#state{fds = Fds1};
         {error, not_registered} -> S
     end;
-loop_command({rearm, Fd, Dir}, #state{fds = Fds} = S) ->
-    S#state{fds = py_ep_fds:rearm([{Fd, Dir}], Fds)};
 loop_command({wake_after, Micros}, S) ->
     cancel_native_wakeup(S),
     Deadline = (erlang:monotonic_time(microsecond) + Micros + 999) div 1000,

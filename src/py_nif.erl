@@ -10,7 +10,7 @@
 -export([stream_credit/3, callback_reply/2, callback_reply_dirty/2, register_name/2,
          callback_expire/1, callback_worker_idle/1, callback_worker_next/1,
          callback_worker_retire/1]).
--export([fd_watch/1, fd_select/3, fd_cancel/2, fd_stop/1, fd_read/2, fd_write/2,
+-export([fd_watch/1, fd_select/3, fd_select_all/1, fd_cancel/2, fd_stop/1, fd_read/2, fd_write/2,
          spawn_child/2, child_wait/1, child_kill/2]).
 
 -on_load(load/0).
@@ -21,7 +21,7 @@
        deliver_events/2, link_failed/2,
        stream_credit/3, callback_reply/2, callback_reply_dirty/2, register_name/2,
        callback_expire/1, callback_worker_idle/1, callback_worker_next/1, callback_worker_retire/1,
-       fd_watch/1, fd_select/3, fd_cancel/2, fd_stop/1, fd_read/2, fd_write/2,
+       fd_watch/1, fd_select/3, fd_select_all/1, fd_cancel/2, fd_stop/1, fd_read/2, fd_write/2,
        spawn_child/2, child_wait/1, child_kill/2]).
 
 -type loop() :: reference().
@@ -149,6 +149,10 @@ fd_watch(_Fd) -> ?NOT_LOADED.
 %% @doc One-shot readiness: `Msg' is sent to the calling process when the fd is ready.
 -spec fd_select(watch(), read | write, term()) -> ok | {error, badfd}.
 fd_select(_Watch, _Dir, _Msg) -> ?NOT_LOADED.
+
+%% @doc `fd_select/3' for each item, in order, in one call.
+-spec fd_select_all([{watch(), read | write, term()}]) -> [ok | {error, badfd}] | {badarg, binary()}.
+fd_select_all(_Items) -> ?NOT_LOADED.
 
 %% @doc Drops a pending one-shot readiness.
 -spec fd_cancel(watch(), read | write) -> ok.

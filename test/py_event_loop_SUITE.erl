@@ -22,13 +22,14 @@ groups() ->
                     poll_timeout_returns_empty, destroy_answers_blocked_waiter,
                     events_arriving_together_leave_in_one_reply,
                     event_process_spins_only_while_watching]},
-     {fds, [], [pipe_readiness_is_rearmed_and_removed, socket_fd_readiness,
+     {fds, [], [pipe_readiness_is_rearmed_and_removed, rearm_batch_survives_a_closed_fd,
+                socket_fd_readiness,
                 destroy_releases_selects_without_closing_fds]},
      {results, [], [call_results_in_order, call_errors, call_many_is_all_or_nothing]},
      {children, [], [subprocess_echo, subprocess_stderr_and_signals, subprocess_not_found,
                      destroy_kills_children]},
      {sockets, [], [tcp_socket_events, udp_socket_events]},
-     {bad_input, [], [bad_fds, bad_child_arguments, bad_callback_ids, bad_delays, bad_poll_timeout, bad_loop_options,
+     {bad_input, [], [bad_fds, bad_rearm_batches, bad_child_arguments, bad_callback_ids, bad_delays, bad_poll_timeout, bad_loop_options,
                       calls_on_a_destroyed_loop]}].
 
 init_per_suite(Config) ->
@@ -271,6 +272,29 @@ pipe_readiness_is_rearmed_and_removed(Config) ->
     ?assertEqual([], py_event_loop_v2:poll(EP, 100)),
     close_fds([R, W]).
 
+%% Readiness of several fds delivered in one poll is re-armed in one batch when the poller
+%% comes back; an fd its owner closed in between goes quiet, the others still work.
+rearm_batch_survives_a_closed_fd(Config) ->
+    EP = ?config(ep, Config),
+    Pipes = [pipe() || _ <- lists:seq(1, 3)],
+    [{R1, W1}, {R2, W2}, {R3, W3}] = Pipes,
+    [ok = py_event_loop_v2:add_reader(EP, R, Id) || {{R, _}, Id} <- lists:zip(Pipes, [1, 2, 3])],
+    [write_fd(W, <<"x">>) || {_, W} <- Pipes],
+    py_test_util:wait_until(fun() -> maps:get(events, py_event_loop_v2:info(EP)) =:= 3 end, 5000),
+    ?assertEqual([{1, read}, {2, read}, {3, read}], lists:sort(py_event_loop_v2:poll(EP, 1000))),
+    [<<"x">> = read_fd(R) || R <- [R1, R3]],
+    close_fds([R2]),
+    %% This poll re-arms all three: 2 is refused (closed), 1 and 3 are idle.
+    ?assertEqual([], py_event_loop_v2:poll(EP, 50)),
+    write_fd(W3, <<"y">>),
+    ?assertEqual([{3, read}], py_event_loop_v2:poll(EP, 1000)),
+    <<"y">> = read_fd(R3),
+    write_fd(W1, <<"z">>),
+    ?assertEqual([{1, read}], py_event_loop_v2:poll(EP, 1000)),
+    ok = py_event_loop_v2:remove_reader(EP, R2),
+    [ok = py_event_loop_v2:remove_reader(EP, R) || R <- [R1, R3]],
+    close_fds([R1, R3, W1, W2, W3]).
+
 socket_fd_readiness(Config) ->
     EP = ?config(ep, Config),
     {ok, [A, B]} = py:eval(<<"[s.detach() for s in __import__('socket').socketpair()]">>),
@@ -440,6 +464,20 @@ bad_fds(Config) ->
     ?assertEqual({error, badfd}, py_event_loop_v2:add_reader(EP, DirFd, 1)),
     close_fds([FileFd, DirFd]),
     ?assertMatch(#{fds := 0}, py_event_loop_v2:info(EP)).
+
+%% The batch re-arm NIF is internal, but still refuses what is not a list of watches.
+bad_rearm_batches(_Config) ->
+    ?assertMatch({badarg, _}, py_nif:fd_select_all(foo)),
+    ?assertMatch({badarg, _}, py_nif:fd_select_all([{make_ref(), read, m}])),
+    {R, W} = pipe(),
+    {ok, Watch} = py_nif:fd_watch(R),
+    ?assertMatch({badarg, _}, py_nif:fd_select_all([{Watch, sideways, m}])),
+    ?assertMatch({badarg, _}, py_nif:fd_select_all([{Watch, read, m} | improper])),
+    ?assertEqual([], py_nif:fd_select_all([])),
+    ok = py_nif:fd_stop(Watch),
+    %% A stopped watch is refused like a closed fd, not selected.
+    ?assertEqual([{error, badfd}], py_nif:fd_select_all([{Watch, read, m}])),
+    close_fds([R, W]).
 
 %% Malformed argv, env, stdin and signals are refused with a reason; the event process
 %% lives on.

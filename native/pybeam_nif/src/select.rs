@@ -136,7 +136,12 @@ pub fn new_watch<'a>(env: Env<'a>, fd: RawFd, kind: FdKind) -> Term<'a> {
         let obj = enif_alloc_resource(resource_type(), std::mem::size_of::<FdWatch>()) as *mut FdWatch;
         std::ptr::write(
             obj,
-            FdWatch { fd, kind, selected: AtomicBool::new(false), released: AtomicBool::new(false) },
+            FdWatch {
+                fd,
+                kind,
+                selected: AtomicBool::new(false),
+                released: AtomicBool::new(false),
+            },
         );
         let term = enif_make_resource(env.as_c_arg(), obj as *const c_void);
         enif_release_resource(obj as *const c_void);
@@ -213,8 +218,45 @@ fn fd_select<'a>(env: Env<'a>, watch: Term<'a>, dir: Atom, msg: Term<'a>) -> Ter
     let (Some(w), Some(mode)) = (get_watch(watch), direction(dir)) else {
         return atoms::badarg().encode(env);
     };
+    select_result(env, arm(env, w, mode, msg))
+}
+
+/// `fd_select_all([{Watch, read | write, Msg}]) -> [ok | {error, badfd}]`: `fd_select` for
+/// each item, in order, in one call: the event process re-arms every fd a loop iteration
+/// handled at once.
+#[rustler::nif]
+fn fd_select_all<'a>(env: Env<'a>, items: Term<'a>) -> Term<'a> {
+    const EXPECTED: &str = "expected a proper list of {Watch, read | write, Msg}";
+    let Some(list) = crate::decode::proper_list(items) else {
+        return (atoms::badarg(), EXPECTED).encode(env);
+    };
+    // All checked before any is armed: a bad item arms none.
+    let mut due = Vec::new();
+    for item in list {
+        match item.decode::<(Term<'a>, Atom, Term<'a>)>() {
+            Ok((watch, dir, msg)) => match (get_watch(watch), direction(dir)) {
+                (Some(w), Some(mode)) => due.push((w, mode, msg)),
+                _ => return (atoms::badarg(), EXPECTED).encode(env),
+            },
+            Err(_) => return (atoms::badarg(), EXPECTED).encode(env),
+        }
+    }
+    let results: Vec<Term<'a>> = due.into_iter().map(|(w, mode, msg)| select_result(env, arm(env, w, mode, msg))).collect();
+    results.encode(env)
+}
+
+fn select_result(env: Env<'_>, armed: bool) -> Term<'_> {
+    if armed {
+        atoms::ok().encode(env)
+    } else {
+        (atoms::error(), atoms::badfd()).encode(env)
+    }
+}
+
+/// Arms `w` for one readiness message to the calling process; false if the fd is gone.
+fn arm(env: Env<'_>, w: &FdWatch, mode: c_int, msg: Term<'_>) -> bool {
     if w.released.load(Ordering::Acquire) || !fd_is_open(w.fd) {
-        return (atoms::error(), atoms::badfd()).encode(env);
+        return false;
     }
     let mut pid = std::mem::MaybeUninit::<ErlNifPid>::uninit();
     // SAFETY: called from a NIF, so enif_self fills the caller's pid; the watch object
@@ -233,11 +275,11 @@ fn fd_select<'a>(env: Env<'a>, watch: Term<'a>, dir: Atom, msg: Term<'a>) -> Ter
         )
     };
     if r < 0 || r & (SELECT_INVALID_EVENT | SELECT_FAILED) != 0 {
-        return (atoms::error(), atoms::badfd()).encode(env);
+        return false;
     }
     // From now on only the stop callback may release the fd.
     w.selected.store(true, Ordering::Release);
-    atoms::ok().encode(env)
+    true
 }
 
 /// `fd_cancel(Watch, read | write) -> ok`: drops a pending one-shot readiness.
