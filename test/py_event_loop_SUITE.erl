@@ -10,7 +10,7 @@
 all() ->
     [{group, lifecycle}, {group, timers}, {group, waiters}, {group, fds},
      {group, results}, {group, children}, {group, sockets}, {group, bad_input},
-     kill_default_event_process].
+     kill_default_event_process, killed_event_process_releases_fds_and_children].
 
 groups() ->
     [{lifecycle, [], [create_and_destroy_1000_loops, owner_exit_destroys_the_loop,
@@ -585,6 +585,25 @@ kill_default_event_process(_Config) ->
     %% ...and the old loop's thread is gone: one default loop thread again.
     py_test_util:wait_equal(1, fun default_loop_threads/0, 5000),
     ?assertEqual(true, maps:get(closed, py_nif:loop_stats(Loop))).
+
+%% An event process that dies without shutting down (killed here) still lets go of what it
+%% watched: the caller's fd can be watched by another loop (and is still open), its child
+%% is killed and collected.
+killed_event_process_releases_fds_and_children(_Config) ->
+    {ok, _Loop, EP} = py_event_loop_v2:new(),
+    {R, W} = pipe(),
+    ok = py_event_loop_v2:add_reader(EP, R, 1),
+    {ok, OsPid} = py_event_loop_v2:spawn(EP, 2, [<<"sleep">>, <<"30">>], #{}),
+    unlink(EP),
+    exit(EP, kill),
+    py_test_util:wait_until(fun() -> not filelib:is_dir(io_lib:format("/proc/~b", [OsPid])) end, 5000),
+    {ok, Loop2, EP2} = py_event_loop_v2:new(),
+    py_test_util:wait_until(fun() -> py_event_loop_v2:add_reader(EP2, R, 7) =:= ok end, 5000),
+    write_fd(W, <<"still open">>),
+    ?assertEqual([{7, read}], py_event_loop_v2:poll(EP2, 1000)),
+    ?assertEqual(<<"still open">>, read_fd(R)),
+    ok = py_event_loop_v2:destroy(Loop2, EP2),
+    close_fds([R, W]).
 
 %%% Helpers
 

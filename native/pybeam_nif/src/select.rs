@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use parking_lot::Mutex;
 
 use rustler::sys::{
-    c_int, enif_alloc_resource, enif_get_resource, enif_make_resource, enif_open_resource_type_x,
-    enif_release_resource, enif_select, enif_select_x, enif_self, ErlNifEnv, ErlNifPid, ErlNifResourceFlags, ErlNifResourceType,
+    c_int, enif_alloc_resource, enif_get_resource, enif_make_resource, enif_monitor_process, enif_open_resource_type_x,
+    enif_release_resource, enif_select, enif_select_x, enif_self, ErlNifEnv, ErlNifMonitor, ErlNifPid, ErlNifResourceFlags, ErlNifResourceType,
     ErlNifResourceTypeInit, ErlNifTerm,
 };
 use rustler::{Atom, Encoder, Env, Term};
@@ -52,6 +52,9 @@ pub struct FdWatch {
     selected: AtomicBool,
     /// The fd was released (closed or handed over); nothing may use it any more.
     released: AtomicBool,
+    /// The process that selects it (the event process) is monitored: if it dies without
+    /// stopping the watch, `fd_watch_down` does.
+    monitored: AtomicBool,
 }
 
 static TYPE: AtomicPtr<ErlNifResourceType> = AtomicPtr::new(std::ptr::null_mut());
@@ -104,6 +107,18 @@ unsafe extern "C" fn fd_watch_dtor(_env: *mut ErlNifEnv, obj: *mut c_void) {
     std::ptr::drop_in_place(watch);
 }
 
+/// The event process that armed the watch died without stopping it (it was killed, or
+/// crashed): stop it now, so that its fd is released by kind as on a clean shutdown (a
+/// caller's fd can be watched again, a child is killed and collected).
+unsafe extern "C" fn fd_watch_down(env: *mut ErlNifEnv, obj: *mut c_void, _pid: *const ErlNifPid, _mon: *const ErlNifMonitor) {
+    // SAFETY: the emulator passes the FdWatch the monitor was made with; the resource
+    // lives while it is monitored and selected.
+    let w = &*(obj as *const FdWatch);
+    if w.selected.load(Ordering::Acquire) && !w.released.load(Ordering::Acquire) {
+        enif_select(env, w.fd, SELECT_STOP, obj, std::ptr::null(), atoms::undefined().as_c_arg());
+    }
+}
+
 unsafe extern "C" fn fd_watch_stop(_env: *mut ErlNifEnv, obj: *mut c_void, _fd: c_int, _direct: c_int) {
     // SAFETY: the emulator passes the FdWatch this select was made with, still alive.
     (*(obj as *const FdWatch)).release();
@@ -116,6 +131,7 @@ pub fn open_type(env: Env) -> bool {
         let mut init: ErlNifResourceTypeInit = std::mem::zeroed();
         init.dtor = fd_watch_dtor as *const _;
         init.stop = fd_watch_stop as *const _;
+        init.down = fd_watch_down as *const _;
         let ty = enif_open_resource_type_x(
             env.as_c_arg(),
             c"pybeam_fd_watch".as_ptr(),
@@ -141,6 +157,7 @@ pub fn new_watch<'a>(env: Env<'a>, fd: RawFd, kind: FdKind) -> Term<'a> {
                 kind,
                 selected: AtomicBool::new(false),
                 released: AtomicBool::new(false),
+                monitored: AtomicBool::new(false),
             },
         );
         let term = enif_make_resource(env.as_c_arg(), obj as *const c_void);
@@ -279,6 +296,13 @@ fn arm(env: Env<'_>, w: &FdWatch, mode: c_int, msg: Term<'_>) -> bool {
     }
     // From now on only the stop callback may release the fd.
     w.selected.store(true, Ordering::Release);
+    if !w.monitored.swap(true, Ordering::AcqRel) {
+        // SAFETY: the watch is a live resource of our type and `pid` was filled above; no
+        // monitor handle is kept (the monitor goes with the resource).
+        unsafe {
+            enif_monitor_process(env.as_c_arg(), w as *const FdWatch as *const c_void, pid.as_ptr(), std::ptr::null_mut());
+        }
+    }
     true
 }
 
