@@ -12,6 +12,9 @@
 %% 128 KiB threshold glibc serves each one with mmap, mremap and munmap. 1 MiB keeps them on
 %% the heap.
 -define(TUNED_MALLOC, "glibc.malloc.mmap_threshold=1048576").
+%% Not a loop: the same echo in plain Erlang, over the `socket' module, whose readiness
+%% comes through enif_select and the BEAM's poller as ours does; no Python at all.
+-define(BEAM_ECHO, "reference: Erlang socket echo, no Python").
 
 %% {Key, label}: Key names the loop in workloads.py, or the external variant.
 loops() ->
@@ -45,7 +48,10 @@ group() ->
     Script = filename:join(Dir, "workloads.py"),
     Rows = [{measured, name(WLabel, LLabel),
              fun() -> measure(L, W, {Python, Script}, {Loop, EP}) end}
-            || {W, WLabel} <- workloads(), {L, LLabel} <- loops()],
+            || {W, WLabel} <- workloads(), {L, LLabel} <- loops()]
+        ++ [{measured, name(WLabel, ?BEAM_ECHO), fun() -> beam_echo(Conns, Rounds) end}
+            || {W, Conns, Rounds} <- [{tcp_echo_1, 1, 100000}, {tcp_echo_100, 100, 1000}],
+               {W1, WLabel} <- workloads(), W1 =:= W],
     {<<"asyncio">>, Rows, fun targets/1}.
 
 name(Workload, Loop) ->
@@ -122,6 +128,71 @@ ratio(What, Measured, Goal) ->
 at_most(What, Measured, Goal) ->
     #{<<"target">> => list_to_binary(What), <<"measured">> => Measured * 1.0,
       <<"goal">> => Goal, <<"met">> => Measured =< Goal}.
+
+%% TCP echo on 127.0.0.1 with the workloads' message (64 bytes): `Conns' client processes,
+%% each sending and awaiting its echo `Rounds' times, and a process per server connection.
+beam_echo(Conns, Rounds) ->
+    {ok, L} = socket:open(inet, stream, tcp),
+    ok = socket:bind(L, #{family => inet, addr => {127, 0, 0, 1}, port => 0}),
+    ok = socket:listen(L, Conns),
+    {ok, #{port := Port}} = socket:sockname(L),
+    Clients = [connect(Port) || _ <- lists:seq(1, Conns)],
+    Servers = [accept(L) || _ <- Clients],
+    Self = self(),
+    Message = binary:copy(<<"x">>, 64),
+    Pids = [spawn_link(fun() ->
+                           receive go -> ok end,
+                           [ok = echo_round(C, Message) || _ <- lists:seq(1, Rounds)],
+                           Self ! {done, self()}
+                       end) || C <- Clients],
+    [ok = socket:setopt(C, {otp, controlling_process}, P) || {C, P} <- lists:zip(Clients, Pids)],
+    T0 = erlang:monotonic_time(),
+    [P ! go || P <- Pids],
+    [receive {done, P} -> ok end || P <- Pids],
+    Seconds = erlang:convert_time_unit(erlang:monotonic_time() - T0, native, microsecond) / 1.0e6,
+    [socket:close(S) || S <- Clients ++ Servers ++ [L]],
+    metrics(#{<<"rate">> => Conns * Rounds / Seconds, <<"seconds">> => Seconds}).
+
+connect(Port) ->
+    {ok, S} = socket:open(inet, stream, tcp),
+    ok = socket:connect(S, #{family => inet, addr => {127, 0, 0, 1}, port => Port}),
+    ok = socket:setopt(S, {tcp, nodelay}, true),
+    S.
+
+accept(L) ->
+    {ok, S} = socket:accept(L),
+    ok = socket:setopt(S, {tcp, nodelay}, true),
+    Server = spawn_link(fun() -> receive go -> serve(S) end end),
+    ok = socket:setopt(S, {otp, controlling_process}, Server),
+    Server ! go,
+    S.
+
+serve(S) ->
+    case recv(S) of
+        {ok, Data} -> ok = socket:send(S, Data), serve(S);
+        {error, _} -> ok
+    end.
+
+echo_round(S, Message) ->
+    ok = socket:send(S, Message),
+    await(S, byte_size(Message)).
+
+await(_S, 0) -> ok;
+await(S, Left) ->
+    {ok, Data} = recv(S),
+    await(S, Left - byte_size(Data)).
+
+%% One read: at once if data is there, else when the socket's select message says so.
+recv(S) ->
+    case socket:recv(S, 0, nowait) of
+        {select, {select_info, _, Ref}} ->
+            receive
+                {'$socket', S, select, Ref} -> recv(S);
+                {'$socket', S, abort, {Ref, Reason}} -> {error, Reason}
+            end;
+        Other ->
+            Other
+    end.
 
 %% A Python string literal for a path (repr-style escaping of backslashes and quotes).
 py_str(S) ->
