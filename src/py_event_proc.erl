@@ -14,7 +14,8 @@
 %% - child processes (`py_ep_children') and sockets (`py_ep_sockets');
 %% - the waiters blocked in `py_event_loop_v2:poll/2', and the loop's own asyncio loop,
 %%   which tells this process what to watch and when to wake it (`{'$py_loop_cmds', Cmds}')
-%%   and gets its fd readiness and wake-ups in one NIF call per message handled.
+%%   and gets its fd readiness and wake-ups in one NIF call once this process's mailbox is
+%%   empty (or every 128 messages).
 %%
 %% Events queue in arrival order until a poller takes them all at once.
 %%

@@ -4,7 +4,8 @@
 //! cannot register, so this type is opened by hand in `load`. The event process arms each
 //! fd with a custom message, `{'$py_fd', Fd, read | write, Serial}`, that goes straight to
 //! it. An fd is closed only in the stop callback (or the destructor, if it was never
-//! selected), and only if we own it: a caller's fd is never closed.
+//! selected), and only if we own it: a caller's fd is never closed. A watch monitors the
+//! process that arms it, so a select never outlives its event process.
 
 use std::collections::HashSet;
 use std::ffi::c_void;
