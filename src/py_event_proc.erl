@@ -173,12 +173,12 @@ hold_timeout(#state{spin = Spin}) when Spin > 0 -> 0;
 hold_timeout(_) -> infinity.
 
 %% The mailbox is empty. What the loop's asyncio loop has waiting goes to it, and held
-%% events to the waiter, now. Otherwise, while the process
-%% watches fds, sockets or children, it looks at its mailbox for up to `spin' before it
-%% blocks: their readiness comes through the BEAM's poller, often microseconds after what
-%% the loop just did, and a blocked process's scheduler may have gone to sleep by then;
-%% waking it (and its CPU, on a VM) costs tens of microseconds. With nothing watched,
-%% spinning would only take a core from the loop thread and the callers.
+%% events to the waiter, now. Otherwise, while the process watches fds, sockets or
+%% children, it looks at its mailbox for up to `spin' before it blocks: their readiness
+%% comes through the BEAM's poller, often microseconds after what the loop just did, and
+%% a blocked process's scheduler may have gone to sleep by then; waking it (and its CPU,
+%% on a VM) costs tens of microseconds. With nothing watched, spinning would only take a
+%% core from the loop thread and the callers.
 idle(#state{native_out = [_ | _]} = S) ->
     idle(flush_native(S));
 idle(#state{count = N, waiters = [_ | _]} = S) when N > 0 ->

@@ -113,7 +113,8 @@ unsafe extern "C" fn fd_watch_dtor(_env: *mut ErlNifEnv, obj: *mut c_void) {
 /// caller's fd can be watched again, a child is killed and collected).
 unsafe extern "C" fn fd_watch_down(env: *mut ErlNifEnv, obj: *mut c_void, _pid: *const ErlNifPid, _mon: *const ErlNifMonitor) {
     // SAFETY: the emulator passes the FdWatch the monitor was made with; the resource
-    // lives while it is monitored and selected.
+    // lives while it is monitored and selected. STOP needs no pid, and its message term
+    // is an atom, valid in any env.
     let w = &*(obj as *const FdWatch);
     if w.selected.load(Ordering::Acquire) && !w.released.load(Ordering::Acquire) {
         enif_select(env, w.fd, SELECT_STOP, obj, std::ptr::null(), atoms::undefined().as_c_arg());
