@@ -240,7 +240,7 @@ submit_event(Kind, [Loop, EventProc, Id, Module, Function, Args, Kwargs] = Argv)
                                    | {callback_id(), py:name(), py:name(), list(), map()}]) ->
     ok | {error, term()}.
 call_many(Loop, EventProc, Calls) when is_reference(Loop), is_pid(EventProc), is_list(Calls) ->
-    Requests = [call_request(C, I, [Loop, EventProc, Calls]) || {I, C} <- lists:enumerate(Calls)],
+    Requests = call_requests(Calls, 1, [Loop, EventProc, Calls]),
     Submitted = case py_nif:submit_many(Loop, Requests) of
                     dirty -> py_nif:submit_many_dirty(Loop, Requests);
                     Other -> Other
@@ -251,6 +251,13 @@ call_many(Loop, EventProc, Calls) when is_reference(Loop), is_pid(EventProc), is
     end;
 call_many(Loop, EventProc, Calls) ->
     ?BADARG({call_many, {Loop, EventProc, Calls}}, [Loop, EventProc, Calls]).
+
+call_requests([Call | Rest], Index, Argv) ->
+    [call_request(Call, Index, Argv) | call_requests(Rest, Index + 1, Argv)];
+call_requests([], _Index, _Argv) ->
+    [];
+call_requests(_ImproperTail, _Index, Argv) ->
+    ?BADARG({calls, improper_list}, Argv).
 
 call_request({Id, M, F, A}, Index, Argv) ->
     call_request({Id, M, F, A, #{}}, Index, Argv);

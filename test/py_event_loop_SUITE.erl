@@ -358,6 +358,8 @@ call_many_is_all_or_nothing(_Config) ->
     ?assertEqual([1000 | lists:seq(1, 60)], [Id || {Id, call_result, _} <- Events]),
     ?assertEqual({bad_call, 2, {x}},
                  badarg_cause(fun() -> py_event_loop_v2:call_many(Loop, EP, [{1, m, f, []}, {x}]) end)),
+    ?assertEqual({calls, improper_list},
+                 badarg_cause(fun() -> py_event_loop_v2:call_many(Loop, EP, [{1, m, f, []} | tail]) end)),
     ok = py_event_loop_v2:destroy(Loop, EP).
 
 %%% Children
