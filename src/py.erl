@@ -241,7 +241,7 @@ async_gather(Items) ->
 %% items are cancelled. Whatever the outcome, no message is left in the caller's mailbox.
 -spec async_gather([gather_item()], call_opts()) -> {ok, [term()]} | {error, error()}.
 async_gather(Items, Opts) when is_list(Items) ->
-    Targets = [gather_target(Item, I, [Items, Opts]) || {I, Item} <- lists:enumerate(Items)],
+    Targets = gather_targets(Items, 1, [Items, Opts]),
     case Targets of
         [] ->
             {ok, []};
@@ -253,6 +253,13 @@ async_gather(Items, Opts) when is_list(Items) ->
     end;
 async_gather(Items, Opts) ->
     ?BADARG({items, Items}, [Items, Opts]).
+
+gather_targets([Item | Rest], I, Argv) ->
+    [gather_target(Item, I, Argv) | gather_targets(Rest, I + 1, Argv)];
+gather_targets([], _I, _Argv) ->
+    [];
+gather_targets(_ImproperTail, _I, Argv) ->
+    ?BADARG({items, improper_list}, Argv).
 
 gather_target({M, F, A}, I, Argv) ->
     gather_target({M, F, A, #{}}, I, Argv);

@@ -284,6 +284,7 @@ bad_gather_items(_Config) ->
     ?assertError(badarg, py:async_gather(not_a_list)),
     ?assertError(badarg, py:async_gather([{m, f}])),
     ?assertError(badarg, py:async_gather([{?H, plain, [1]}, {m, f, not_a_list}])),
+    ?assertError(badarg, py:async_gather([{?H, plain, [1]} | improper_tail])),
     ?assertError(badarg, py:async_gather([{?H, plain, [1]}], #{timeout => bad})),
     ?assertMatch({error, {unsupported_term, _}}, py:async_gather([{?H, plain, [self_ref_fun()]}])).
 
