@@ -40,6 +40,8 @@
               gather_item/0, stream_opts/0, stream_message/0]).
 
 -define(DEFAULT_TIMEOUT, 30000).
+%% The longest finite timeout, as for `receive ... after' and gen_server:call/3.
+-define(MAX_TIMEOUT, 16#FFFFFFFF).
 -define(DEFAULT_WINDOW, 64).
 -define(UNMONITORED_WAIT, 2).
 -define(BADARG(Cause, Args),
@@ -59,8 +61,9 @@ call(Module, Function, Args, Kwargs) ->
 %%
 %% `Module' may be dotted (`\'os.path\''); `Function' may be a dotted attribute path
 %% (`<<"Path.home">>'). Kwargs keys are atoms or binaries. Options: `timeout' in
-%% milliseconds (default 30000; on expiry the Python code is interrupted and the caller
-%% gets `{error, timeout}'), and `loop', an explicit loop `{LoopRef, EventProc}' or any
+%% milliseconds, `infinity' or at most 4294967295 as for `receive ... after' (default
+%% 30000; on expiry the Python code is interrupted and the caller gets
+%% `{error, timeout}'), and `loop', an explicit loop `{LoopRef, EventProc}' or any
 %% other term as a sharding key.
 -spec call(name(), name(), list(), map(), call_opts()) -> {ok, term()} | {error, error()}.
 call(Module, Function, Args, Kwargs, Opts) ->
@@ -365,7 +368,7 @@ unregister_function(Name) ->
     ?BADARG({function_name, Name}, [Name]).
 
 valid_timeout(infinity) -> true;
-valid_timeout(T) -> is_integer(T) andalso T >= 0.
+valid_timeout(T) -> is_integer(T) andalso T >= 0 andalso T =< ?MAX_TIMEOUT.
 
 %% Runs `Run' if every argument has the right shape; a malformed argument (found here or
 %% by the NIF) comes back as `{badarg, Cause}' for the API function to raise.
@@ -401,11 +404,10 @@ options(Opts) when is_list(Opts) ->
         error:_ -> {badarg, {opts, Opts}}
     end;
 options(Opts) when is_map(Opts) ->
-    case maps:get(timeout, Opts, ?DEFAULT_TIMEOUT) of
-        T when T =:= infinity; is_integer(T), T >= 0 ->
-            {ok, T, maps:get(loop, Opts, default)};
-        T ->
-            {badarg, {timeout, T}}
+    T = maps:get(timeout, Opts, ?DEFAULT_TIMEOUT),
+    case valid_timeout(T) of
+        true -> {ok, T, maps:get(loop, Opts, default)};
+        false -> {badarg, {timeout, T}}
     end;
 options(Opts) ->
     {badarg, {opts, Opts}}.
@@ -493,6 +495,6 @@ describe({window, V}) -> io_lib:format("window must be an integer from 1 to 1048
 describe({function_name, V}) -> io_lib:format("a function name must be an atom or a non-empty binary, got: ~0tP", [V, 10]);
 describe({callback, V}) -> io_lib:format("a callback must be a fun or {Module, Function}, got: ~0tP", [V, 10]);
 describe({timeout, V}) ->
-    io_lib:format("timeout must be a non-negative integer or infinity, got: ~0tP", [V, 10]);
+    io_lib:format("timeout must be infinity or an integer from 0 to ~b (ms), got: ~0tP", [?MAX_TIMEOUT, V, 10]);
 describe(Reason) when is_binary(Reason) -> Reason;
 describe(Other) -> io_lib:format("~0tP", [Other, 10]).

@@ -43,7 +43,7 @@
 
 %% Options that size the native loop, checked here so that a bad value is a badarg.
 -define(SIZE_OPTS, [max_batch, capacity, spin_us, max_tasks]).
-%% Erlang's own limit for a relative timer.
+%% The longest finite delay or timeout, as for `receive ... after' and gen_server:call/3.
 -define(MAX_DELAY, 16#FFFFFFFF).
 -define(BADARG(Cause, Args),
         erlang:error(badarg, Args, [{error_info, #{module => ?MODULE, cause => Cause}}])).
@@ -100,7 +100,8 @@ destroy(Loop, EventProc) ->
 %% `0' never waits. A poller that dies while waiting is forgotten.
 -spec poll(pid(), timeout()) -> [event()] | {error, term()}.
 poll(EventProc, Timeout) when is_pid(EventProc), Timeout =:= infinity;
-                              is_pid(EventProc), is_integer(Timeout), Timeout >= 0 ->
+                              is_pid(EventProc), is_integer(Timeout), Timeout >= 0,
+                              Timeout =< ?MAX_DELAY ->
     py_event_proc:call(EventProc, {poll, Timeout});
 poll(EventProc, Timeout) when is_pid(EventProc) ->
     ?BADARG({timeout, Timeout}, [EventProc, Timeout]);
@@ -334,7 +335,8 @@ describe({Key, V}) when Key =:= max_batch; Key =:= capacity; Key =:= max_tasks -
 describe({delay, V}) -> io_lib:format("the delay must be a non-negative integer (ms), got: ~0tP", [V, 10]);
 describe({delay_too_long, V}) -> io_lib:format("the delay may be at most ~b ms, got: ~b", [?MAX_DELAY, V]);
 describe({callback_id, V}) -> io_lib:format("a callback id must be a positive integer, got: ~0tP", [V, 10]);
-describe({timeout, V}) -> io_lib:format("the timeout must be a non-negative integer or infinity, got: ~0tP", [V, 10]);
+describe({timeout, V}) ->
+    io_lib:format("the timeout must be infinity or an integer from 0 to ~b (ms), got: ~0tP", [?MAX_DELAY, V, 10]);
 describe({fd, V}) -> io_lib:format("an fd must be an integer, got: ~0tP", [V, 10]);
 describe({event_proc, V}) -> io_lib:format("not an event process: ~0tP", [V, 10]);
 describe(not_this_loop) -> "the loop reference does not belong to this event process";

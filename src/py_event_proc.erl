@@ -47,6 +47,12 @@
 %% While more messages wait in the mailbox, at most this many are handled before queued
 %% events go to a waiter: events arriving together leave in one reply, not one each.
 -define(HOLD_MESSAGES, 128).
+%% The longest poll timeout, as `receive ... after' allows (py_event_loop_v2:poll/2).
+-define(MAX_TIMEOUT, 16#FFFFFFFF).
+%% The loop thread asks for wake-ups at most a day ahead (asyncio's longest select timeout).
+-define(MAX_WAKE_US, 86400000000).
+-define(IS_DIR(D), (D =:= read orelse D =:= write)).
+-define(IS_FD(Fd), (is_integer(Fd) andalso Fd >= 0 andalso Fd =< 16#7fffffff)).
 
 -record(state, {
     loop :: py_nif:loop(),
@@ -213,22 +219,27 @@ block(S) ->
         Msg -> dispatch(Msg, S)
     end.
 
-dispatch({'$py_results', Replies, Events, Items}, S) ->
+%% The messages below are sent by the loop thread, the NIFs and this library's API. Their
+%% guards, and clauses that skip what no such sender makes, keep one sent by hand with a
+%% wrong shape from ending the loop: it is dropped, like any unknown message.
+dispatch({'$py_results', Replies, Events, Items}, S)
+  when is_list(Replies), is_list(Events), is_list(Items) ->
     route(Replies),
     next(stream_items(Items, append(Events, S)));
-dispatch({'$py_results_collect', Replies, Events, Items}, S) ->
+dispatch({'$py_results_collect', Replies, Events, Items}, S)
+  when is_list(Replies), is_list(Events), is_list(Items) ->
     route(Replies),
     S1 = stream_items(Items, append(Events, S)),
     %% Large binaries passed through: drop our references to the routed ones now.
     erlang:garbage_collect(),
     next(S1);
-dispatch({'$py_start_timer', Deadline, Id, Ref}, S) ->
+dispatch({'$py_start_timer', Deadline, Id, Ref}, S) when is_integer(Deadline) ->
     next(start_timer(Deadline, Id, Ref, S));
 dispatch({timeout, _, {'$py_tick', Deadline}}, S) ->
     next(tick(Deadline, S));
 dispatch({'$py_fd', Fd, Dir, Serial}, S) ->
     next(fd_ready(Fd, Dir, Serial, S));
-dispatch({'$py_loop_cmds', Cmds}, S) ->
+dispatch({'$py_loop_cmds', Cmds}, S) when is_list(Cmds) ->
     next(loop_commands(Cmds, [], S));
 dispatch({timeout, Ref, '$py_native_wakeup'}, S) when Ref =:= S#state.native_wakeup ->
     next(S#state{native_wakeup = undefined, native_out = [wakeup | S#state.native_out]});
@@ -237,7 +248,7 @@ dispatch({'$py_child', Id, Stream}, S) ->
     next(enqueue_all(Events, S#state{children = Children}));
 dispatch({'$py_cancel_timer', Deadline, Id, Ref}, S) ->
     next(cancel_timer(Deadline, Id, Ref, S));
-dispatch({'$py_event', From, Request}, S) ->
+dispatch({'$py_event', {Pid, _} = From, Request}, S) when is_pid(Pid) ->
     handle_request(Request, From, S);
 dispatch({timeout, _, {'$py_poll_timeout', Mon}}, S) ->
     next(poll_timeout(Mon, S));
@@ -251,7 +262,7 @@ dispatch({'DOWN', Mon, process, _, _}, S) ->
     next(forget_waiter(Mon, S));
 dispatch({'$py_loop_exit', Why}, S) ->
     loop_exited(Why, S);
-dispatch({system, From, Msg}, S) ->
+dispatch({system, {Pid, _} = From, Msg}, S) when is_pid(Pid) ->
     sys:handle_system_msg(Msg, From, S#state.parent, ?MODULE, [], S);
 dispatch({'EXIT', Parent, Reason}, S) when Parent =:= S#state.parent ->
     shutdown(Reason, S);
@@ -298,33 +309,35 @@ to_waiters(S) ->
 %% One message per loop iteration. Its re-arms go in one NIF call after the other commands:
 %% a re-arm only touches a direction whose readiness is pending, which no watch or unwatch
 %% in the same batch can make pending, so doing them last changes nothing else.
-loop_commands([{rearm, Fd, Dir} | Rest], Rearm, S) ->
+loop_commands([{rearm, Fd, Dir} | Rest], Rearm, S) when ?IS_DIR(Dir) ->
     loop_commands(Rest, [{Fd, Dir} | Rearm], S);
 loop_commands([Cmd | Rest], Rearm, S) ->
     loop_commands(Rest, Rearm, loop_command(Cmd, S));
-loop_commands([], [], S) ->
+loop_commands(_End, [], S) ->
     S;
-loop_commands([], Rearm, #state{fds = Fds} = S) ->
+loop_commands(_End, Rearm, #state{fds = Fds} = S) ->
     S#state{fds = py_ep_fds:rearm(lists:reverse(Rearm), Fds)}.
 
-loop_command({watch, Fd, Dir}, #state{fds = Fds, serial = Serial} = S) ->
+loop_command({watch, Fd, Dir}, #state{fds = Fds, serial = Serial} = S) when ?IS_FD(Fd), ?IS_DIR(Dir) ->
     case py_ep_fds:add(Fd, Dir, native, Serial + 1, Fds) of
         {ok, Fds1} -> S#state{fds = Fds1, serial = Serial + 1};
         {error, _} -> S#state{native_out = [{failed, Fd, Dir} | S#state.native_out]}
     end;
-loop_command({unwatch, Fd, Dir}, #state{fds = Fds} = S) ->
+loop_command({unwatch, Fd, Dir}, #state{fds = Fds} = S) when ?IS_DIR(Dir) ->
     case py_ep_fds:remove(Fd, Dir, Fds) of
         {ok, _Id, _Pending, Fds1} -> S#state{fds = Fds1};
         {error, not_registered} -> S
     end;
-loop_command({wake_after, Micros}, S) ->
+loop_command({wake_after, Micros}, S) when is_integer(Micros), Micros >= 0, Micros =< ?MAX_WAKE_US ->
     cancel_native_wakeup(S),
     Deadline = (erlang:monotonic_time(microsecond) + Micros + 999) div 1000,
     Ref = erlang:start_timer(Deadline, self(), '$py_native_wakeup', [{abs, true}]),
     S#state{native_wakeup = Ref};
 loop_command(wake_cancel, S) ->
     cancel_native_wakeup(S),
-    S#state{native_wakeup = undefined}.
+    S#state{native_wakeup = undefined};
+loop_command(_Unknown, S) ->
+    S.
 
 cancel_native_wakeup(#state{native_wakeup = undefined}) -> ok;
 cancel_native_wakeup(#state{native_wakeup = Ref}) ->
@@ -333,21 +346,25 @@ cancel_native_wakeup(#state{native_wakeup = Ref}) ->
 
 %%% Replies and call results
 
-route([{To, Result} | Rest]) ->
+route([{To, Result} | Rest]) when is_reference(To); is_pid(To) ->
     To ! {To, Result},
     route(Rest);
-route([]) ->
+route([_ | Rest]) ->
+    route(Rest);
+route(_End) ->
     ok.
 
 %%% Streams
 
-stream_items([], S) ->
-    S;
 stream_items([{Id, Item} | Rest], #state{streams = Streams} = S) ->
     case Streams of
         #{Id := Stream} -> stream_items(Rest, stream_item(Id, Item, Stream, S));
         #{} -> stream_items(Rest, S)   % cancelled: its last items are dropped
-    end.
+    end;
+stream_items([_ | Rest], S) ->
+    stream_items(Rest, S);
+stream_items(_End, S) ->
+    S.
 
 stream_item(Id, {data, _} = Data, #stream{consumer = Pid, ref = Ref, unacked = N} = St, S) ->
     Pid ! {py_stream, Ref, Data},
@@ -432,7 +449,11 @@ submit(Loop, Id, ReplyTo, Job) ->
 append([], S) ->
     S;
 append(Events, #state{events = Queued, count = N} = S) ->
-    S#state{events = lists:reverse(Events, Queued), count = N + length(Events)}.
+    try lists:reverse(Events, Queued) of
+        Queued1 -> S#state{events = Queued1, count = N + length(Events)}
+    catch
+        error:badarg -> S   % an improper list
+    end.
 
 %%% Timers
 
@@ -443,8 +464,11 @@ start_timer(Deadline, Id, Ref, #state{timers = Timers} = S) ->
         {ok, Timers1} ->
             S#state{timers = Timers1};
         {new_tick, Timers1} ->
-            ErlRef = erlang:start_timer(Deadline, self(), {'$py_tick', Deadline}, [{abs, true}]),
-            S#state{timers = py_timer_set:set_tick_timer(Deadline, ErlRef, Timers1)}
+            try erlang:start_timer(Deadline, self(), {'$py_tick', Deadline}, [{abs, true}]) of
+                ErlRef -> S#state{timers = py_timer_set:set_tick_timer(Deadline, ErlRef, Timers1)}
+            catch
+                error:badarg -> S   % no timer can have this deadline; only made by hand
+            end
     end.
 
 tick(Deadline, #state{timers = Timers, events = Events, count = N} = S) ->
@@ -572,9 +596,11 @@ cancel_poll_timer(Ref) -> _ = erlang:cancel_timer(Ref, [{async, true}, {info, fa
 
 %%% Requests (gen:call)
 
-handle_request({poll, Timeout}, From, S) ->
+handle_request({poll, Timeout}, From, S) when Timeout =:= infinity;
+                                               is_integer(Timeout), Timeout >= 0,
+                                               Timeout =< ?MAX_TIMEOUT ->
     poll(From, Timeout, rearm_delivered(S));
-handle_request({add_fd, Fd, Dir, Id}, From, #state{fds = Fds, serial = Serial} = S) ->
+handle_request({add_fd, Fd, Dir, Id}, From, #state{fds = Fds, serial = Serial} = S) when ?IS_DIR(Dir) ->
     case py_ep_fds:add(Fd, Dir, Id, Serial + 1, Fds) of
         {ok, Fds1} ->
             gen:reply(From, ok),
@@ -583,7 +609,7 @@ handle_request({add_fd, Fd, Dir, Id}, From, #state{fds = Fds, serial = Serial} =
             gen:reply(From, Error),
             loop(S)
     end;
-handle_request({remove_fd, Fd, Dir}, From, #state{fds = Fds} = S) ->
+handle_request({remove_fd, Fd, Dir}, From, #state{fds = Fds} = S) when ?IS_DIR(Dir) ->
     case py_ep_fds:remove(Fd, Dir, Fds) of
         {ok, Id, Pending, Fds1} ->
             gen:reply(From, ok),
@@ -597,7 +623,8 @@ handle_request({remove_fd, Fd, Dir}, From, #state{fds = Fds} = S) ->
             gen:reply(From, Error),
             loop(S)
     end;
-handle_request({spawn, Id, Argv, Opts}, From, #state{children = Children} = S) ->
+handle_request({spawn, Id, Argv, Opts}, From, #state{children = Children} = S)
+  when is_list(Argv), is_map(Opts) ->
     case py_ep_children:spawn(Id, Argv, Opts, Children) of
         {ok, OsPid, Children1} ->
             gen:reply(From, {ok, OsPid}),
@@ -609,7 +636,7 @@ handle_request({spawn, Id, Argv, Opts}, From, #state{children = Children} = S) -
 handle_request({kill, Id, Signal}, From, S) ->
     gen:reply(From, py_ep_children:kill(Id, Signal, S#state.children)),
     loop(S);
-handle_request({watch_socket, Socket, Id}, From, #state{sockets = Sockets} = S) ->
+handle_request({watch_socket, Socket, Id}, From, #state{sockets = Sockets} = S) when is_port(Socket) ->
     case py_ep_sockets:watch(Socket, Id, Sockets) of
         {ok, Events, Sockets1} ->
             gen:reply(From, ok),
@@ -618,7 +645,8 @@ handle_request({watch_socket, Socket, Id}, From, #state{sockets = Sockets} = S) 
             gen:reply(From, Error),
             loop(S)
     end;
-handle_request({stream_open, Id, Ref, Consumer, Job}, From, S) ->
+handle_request({stream_open, Id, Ref, Consumer, {stream, _, _, _, _, Window} = Job}, From, S)
+  when is_integer(Id), is_reference(Ref), is_pid(Consumer), is_integer(Window), Window > 0 ->
     {Reply, S1} = open_stream(Id, Ref, Consumer, Job, S),
     gen:reply(From, Reply),
     loop(S1);
@@ -641,8 +669,8 @@ handle_request({destroy, _OtherLoop}, From, S) ->
 handle_request(stop, From, S) ->
     gen:reply(From, ok),
     shutdown(normal, S);
-handle_request(_Unknown, From, S) ->
-    gen:reply(From, {error, unknown_request}),
+handle_request(Request, From, S) ->
+    gen:reply(From, {error, {bad_request, Request}}),
     loop(S).
 
 counters(S) ->

@@ -276,6 +276,11 @@ bad_async_arguments(_Config) ->
     ?assertError(badarg, py:async_call(m, f, [], #{}, #{timeout => -1})),
     ?assertError(badarg, py:async_await(not_a_ref)),
     ?assertError(badarg, py:async_await(make_ref(), -5)),
+    %% A timeout beyond what `receive ... after' takes is refused before anything is spent.
+    ?assertError(badarg, py:async_call(m, f, [], #{}, #{timeout => 1 bsl 32})),
+    Slept = py:async_call(asyncio, sleep, [0, slept]),
+    ?assertError(badarg, py:async_await(Slept, 1 bsl 32)),
+    ?assertEqual({ok, slept}, py:async_await(Slept, 5000)),
     ?assertError(badarg, py:async_cancel(not_a_ref)),
     Ref = py:async_call(?H, plain, [fun() -> ok end]),
     ?assertMatch({error, {unsupported_term, _}}, py:async_await(Ref)).
@@ -286,6 +291,7 @@ bad_gather_items(_Config) ->
     ?assertError(badarg, py:async_gather([{?H, plain, [1]}, {m, f, not_a_list}])),
     ?assertError(badarg, py:async_gather([{?H, plain, [1]} | improper_tail])),
     ?assertError(badarg, py:async_gather([{?H, plain, [1]}], #{timeout => bad})),
+    ?assertError(badarg, py:async_gather([{?H, plain, [1]}], #{timeout => 1 bsl 70})),
     ?assertMatch({error, {unsupported_term, _}}, py:async_gather([{?H, plain, [self_ref_fun()]}])).
 
 bad_stream_arguments(_Config) ->

@@ -61,6 +61,8 @@ bad_names_and_options(_Config) ->
                  badarg_cause(fun() -> py:call(<<255, 254>>, sqrt, []) end)),
     ?assertEqual({timeout, -1},
                  badarg_cause(fun() -> py:call(math, sqrt, [1.0], #{}, #{timeout => -1}) end)),
+    ?assertEqual({timeout, 1 bsl 32},
+                 badarg_cause(fun() -> py:call(math, sqrt, [1.0], #{}, #{timeout => 1 bsl 32}) end)),
     ?assertEqual({opts, not_opts},
                  badarg_cause(fun() -> py:call(math, sqrt, [1.0], #{}, not_opts) end)),
     still_serves().

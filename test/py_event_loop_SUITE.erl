@@ -29,7 +29,7 @@ groups() ->
      {children, [], [subprocess_echo, subprocess_stderr_and_signals, subprocess_not_found,
                      destroy_kills_children]},
      {sockets, [], [tcp_socket_events, udp_socket_events]},
-     {bad_input, [], [bad_fds, bad_rearm_batches, bad_child_arguments, bad_callback_ids, bad_delays, bad_poll_timeout, bad_loop_options,
+     {bad_input, [], [bad_fds, bad_rearm_batches, bad_child_arguments, forged_internal_messages, bad_callback_ids, bad_delays, bad_poll_timeout, bad_loop_options,
                       calls_on_a_destroyed_loop]}].
 
 init_per_suite(Config) ->
@@ -530,7 +530,47 @@ bad_poll_timeout(Config) ->
     EP = ?config(ep, Config),
     ?assertEqual({timeout, -5}, badarg_cause(fun() -> py_event_loop_v2:poll(EP, -5) end)),
     ?assertEqual({timeout, soon}, badarg_cause(fun() -> py_event_loop_v2:poll(EP, soon) end)),
+    %% Beyond what `receive ... after' takes: this used to end the event process.
+    ?assertEqual({timeout, 1 bsl 32}, badarg_cause(fun() -> py_event_loop_v2:poll(EP, 1 bsl 32) end)),
+    ?assertEqual({timeout, 1 bsl 70}, badarg_cause(fun() -> py_event_loop_v2:poll(EP, 1 bsl 70) end)),
+    %% The longest timeout is taken, and an event answers it.
+    Self = self(),
+    Poller = spawn_link(fun() -> Self ! {polled, py_event_loop_v2:poll(EP, 16#FFFFFFFF)} end),
+    py_test_util:wait_until(fun() -> maps:get(waiters, py_event_loop_v2:info(EP)) =:= 1 end, 1000),
+    _ = py_event_loop_v2:start_timer(EP, 0, 5),
+    receive {polled, Polled} -> ?assertEqual([{5, timer}], Polled) after 5000 -> ct:fail({stuck, Poller}) end,
     ?assertEqual({event_proc, nope}, badarg_cause(fun() -> py_event_loop_v2:poll(nope, 0) end)).
+
+%% Messages in the shapes only the loop thread, the NIFs and the API send, but malformed,
+%% sent by hand: each is dropped, and the loop goes on working. Each of these ended the
+%% event process before.
+forged_internal_messages(Config) ->
+    EP = ?config(ep, Config),
+    Bad = [foo, -1, 1 bsl 70, 1.5, [a | b], [x], [{x, y}], [{1, 2}], <<"x">>, self()],
+    Forged = lists:append(
+               [[{'$py_results', X, [], []}, {'$py_results', [], X, []}, {'$py_results', [], [], X},
+                 {'$py_results_collect', X, X, X},
+                 {'$py_loop_cmds', X}, {'$py_loop_cmds', [{watch, X, read}]},
+                 {'$py_loop_cmds', [{watch, 0, X}]}, {'$py_loop_cmds', [{rearm, 0, X}]},
+                 {'$py_loop_cmds', [{wake_after, X}]}, {'$py_loop_cmds', [X]},
+                 {'$py_loop_cmds', [{unwatch, 0, X}]}, {'$py_event', X, info},
+                 {system, X, get_state}]
+                || X <- Bad]
+               %% Deadlines no timer can have (an integer one in range would be a timer).
+               ++ [[{'$py_start_timer', X, 1, make_ref()} || X <- [foo, 1.5, 1 bsl 70, -(1 bsl 70)]]]),
+    [EP ! Msg || Msg <- Forged],
+    %% A malformed request to the event process gets an error, not a crash.
+    [?assertEqual({error, {bad_request, Request}}, py_event_proc:call(EP, Request))
+     || Request <- [{poll, 1 bsl 70}, {poll, soon}, {add_fd, 0, sideways, 1},
+                    {remove_fd, 0, sideways}, {spawn, 1, not_argv, #{}},
+                    {spawn, 1, [<<"true">>], not_opts}, {watch_socket, not_a_port, 1},
+                    {stream_open, 1, make_ref(), self(), not_a_job}, no_such_request]],
+    %% Still serving: a timer, a poll, and the counters. Events in a proper list are queued
+    %% as they come (the event process does not look inside them): those of the two result
+    %% messages with [x], [{x, y}] and [{1, 2}] as their events.
+    _ = py_event_loop_v2:start_timer(EP, 0, 42),
+    ?assertEqual([x, x, {x, y}, {x, y}, {1, 2}, {1, 2}, {42, timer}], py_event_loop_v2:poll(EP, 5000)),
+    ?assertMatch(#{fds := 0, timers := 0}, py_event_loop_v2:info(EP)).
 
 bad_loop_options(_Config) ->
     Loops = supervisor:which_children(py_loop_sup),
