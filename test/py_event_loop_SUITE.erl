@@ -29,7 +29,8 @@ groups() ->
      {children, [], [subprocess_echo, subprocess_stderr_and_signals, subprocess_not_found,
                      destroy_kills_children]},
      {sockets, [], [tcp_socket_events, udp_socket_events]},
-     {bad_input, [], [bad_fds, bad_rearm_batches, bad_child_arguments, forged_internal_messages, bad_callback_ids, bad_delays, bad_poll_timeout, bad_loop_options,
+     {bad_input, [], [bad_fds, bad_rearm_batches, bad_child_arguments, forged_internal_messages,
+                      bad_callback_ids, bad_delays, bad_poll_timeout, bad_loop_options,
                       calls_on_a_destroyed_loop]}].
 
 init_per_suite(Config) ->
