@@ -49,7 +49,8 @@
 -define(HOLD_MESSAGES, 128).
 %% The longest poll timeout, as `receive ... after' allows (py_event_loop_v2:poll/2).
 -define(MAX_TIMEOUT, 16#FFFFFFFF).
-%% The loop thread asks for wake-ups at most a day ahead (asyncio's longest select timeout).
+%% The loop thread asks for wake-ups at most a day ahead (asyncio's longest select
+%% timeout); a longer one, only made by hand, is taken as a day.
 -define(MAX_WAKE_US, 86400000000).
 -define(IS_DIR(D), (D =:= read orelse D =:= write)).
 -define(IS_FD(Fd), (is_integer(Fd) andalso Fd >= 0 andalso Fd =< 16#7fffffff)).
@@ -318,7 +319,8 @@ loop_commands(_End, [], S) ->
 loop_commands(_End, Rearm, #state{fds = Fds} = S) ->
     S#state{fds = py_ep_fds:rearm(lists:reverse(Rearm), Fds)}.
 
-loop_command({watch, Fd, Dir}, #state{fds = Fds, serial = Serial} = S) when ?IS_FD(Fd), ?IS_DIR(Dir) ->
+loop_command({watch, Fd, Dir}, #state{fds = Fds, serial = Serial} = S)
+  when ?IS_FD(Fd), ?IS_DIR(Dir) ->
     case py_ep_fds:add(Fd, Dir, native, Serial + 1, Fds) of
         {ok, Fds1} -> S#state{fds = Fds1, serial = Serial + 1};
         {error, _} -> S#state{native_out = [{failed, Fd, Dir} | S#state.native_out]}
@@ -328,9 +330,9 @@ loop_command({unwatch, Fd, Dir}, #state{fds = Fds} = S) when ?IS_DIR(Dir) ->
         {ok, _Id, _Pending, Fds1} -> S#state{fds = Fds1};
         {error, not_registered} -> S
     end;
-loop_command({wake_after, Micros}, S) when is_integer(Micros), Micros >= 0, Micros =< ?MAX_WAKE_US ->
+loop_command({wake_after, Micros}, S) when is_integer(Micros), Micros >= 0 ->
     cancel_native_wakeup(S),
-    Deadline = (erlang:monotonic_time(microsecond) + Micros + 999) div 1000,
+    Deadline = (erlang:monotonic_time(microsecond) + min(Micros, ?MAX_WAKE_US) + 999) div 1000,
     Ref = erlang:start_timer(Deadline, self(), '$py_native_wakeup', [{abs, true}]),
     S#state{native_wakeup = Ref};
 loop_command(wake_cancel, S) ->
@@ -600,7 +602,8 @@ handle_request({poll, Timeout}, From, S) when Timeout =:= infinity;
                                                is_integer(Timeout), Timeout >= 0,
                                                Timeout =< ?MAX_TIMEOUT ->
     poll(From, Timeout, rearm_delivered(S));
-handle_request({add_fd, Fd, Dir, Id}, From, #state{fds = Fds, serial = Serial} = S) when ?IS_DIR(Dir) ->
+handle_request({add_fd, Fd, Dir, Id}, From, #state{fds = Fds, serial = Serial} = S)
+  when ?IS_DIR(Dir) ->
     case py_ep_fds:add(Fd, Dir, Id, Serial + 1, Fds) of
         {ok, Fds1} ->
             gen:reply(From, ok),
@@ -636,7 +639,8 @@ handle_request({spawn, Id, Argv, Opts}, From, #state{children = Children} = S)
 handle_request({kill, Id, Signal}, From, S) ->
     gen:reply(From, py_ep_children:kill(Id, Signal, S#state.children)),
     loop(S);
-handle_request({watch_socket, Socket, Id}, From, #state{sockets = Sockets} = S) when is_port(Socket) ->
+handle_request({watch_socket, Socket, Id}, From, #state{sockets = Sockets} = S)
+  when is_port(Socket) ->
     case py_ep_sockets:watch(Socket, Id, Sockets) of
         {ok, Events, Sockets1} ->
             gen:reply(From, ok),

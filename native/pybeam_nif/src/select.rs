@@ -213,13 +213,17 @@ fn direction(dir: Atom) -> Option<c_int> {
     }
 }
 
+/// Any term: whatever is not an fd number is a bad fd, never an exception in the event
+/// process that asks.
+fn fd_number(term: Term<'_>) -> Option<RawFd> {
+    term.decode::<i64>().ok().and_then(|fd| RawFd::try_from(fd).ok())
+}
+
 /// `fd_watch(Fd) -> {ok, Watch} | {error, badfd | already_registered}`: a watch on a
 /// caller's fd, which no other watch may hold.
 #[rustler::nif]
 fn fd_watch<'a>(env: Env<'a>, fd: Term<'a>) -> Term<'a> {
-    // Any term: whatever is not an fd number is a bad fd, never an exception in the event
-    // process that asks.
-    match fd.decode::<i64>().ok().and_then(|fd| RawFd::try_from(fd).ok()) {
+    match fd_number(fd) {
         Some(fd) if fd_is_pollable(fd) => {
             if claim(fd) {
                 (atoms::ok(), new_watch(env, fd, FdKind::Caller)).encode(env)
@@ -240,7 +244,7 @@ fn fd_watch<'a>(env: Env<'a>, fd: Term<'a>) -> Term<'a> {
 /// loops, two loops may watch one socket.
 #[rustler::nif]
 fn fd_watch_dup<'a>(env: Env<'a>, fd: Term<'a>) -> Term<'a> {
-    match fd.decode::<i64>().ok().and_then(|fd| RawFd::try_from(fd).ok()) {
+    match fd_number(fd) {
         Some(fd) if fd_is_pollable(fd) => {
             // SAFETY: F_DUPFD_CLOEXEC only adds a descriptor; the new one is ours, and the
             // watch (kind Owned) closes it exactly once.
