@@ -345,22 +345,20 @@ pub fn wait(pidfd: &OwnedFd, nohang: bool) -> io::Result<Option<ExitStatus>> {
         other => return other,
     }
     // Auto-reaped (SIGCHLD ignored): the pidfd tells whether it exited, and how.
-    loop {
-        if !exited(pidfd, if nohang { 0 } else { -1 })? {
-            return Ok(None);
-        }
-        // The pidfd turns readable at exit, a moment before the kernel records the status
-        // at reaping: retry briefly.
-        for _ in 0..1000 {
-            match exit_info(pidfd) {
-                Ok(Some(status)) => return Ok(Some(status)),
-                Ok(None) => std::thread::yield_now(),
-                // ENOTTY/EINVAL: a kernel before 6.15 cannot tell.
-                Err(_) => return Ok(Some(ExitStatus::Exited(255))),
-            }
-        }
-        return Ok(Some(ExitStatus::Exited(255)));
+    if !exited(pidfd, if nohang { 0 } else { -1 })? {
+        return Ok(None);
     }
+    // The pidfd turns readable at exit, a moment before the kernel records the status at
+    // reaping: retry briefly.
+    for _ in 0..1000 {
+        match exit_info(pidfd) {
+            Ok(Some(status)) => return Ok(Some(status)),
+            Ok(None) => std::thread::yield_now(),
+            // ENOTTY/EINVAL: a kernel before 6.15 cannot tell.
+            Err(_) => return Ok(Some(ExitStatus::Exited(255))),
+        }
+    }
+    Ok(Some(ExitStatus::Exited(255)))
 }
 
 fn waitid(pidfd: &OwnedFd, nohang: bool) -> io::Result<Option<ExitStatus>> {
