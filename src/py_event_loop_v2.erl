@@ -85,7 +85,8 @@ valid_size(_Key, V) -> is_integer(V) andalso V > 0.
 
 %% @doc Destroys a loop. Waiters blocked in {@link poll/2} get `[]'; watched fds are
 %% released (never closed: they are the caller's); children are killed; handed-over
-%% sockets are closed; the loop's thread exits after its current batch.
+%% sockets are closed; the loop's thread exits after its current batch. It returns once
+%% all of that is done, so another loop can watch the same fds at once.
 -spec destroy(loop_ref(), pid()) -> ok | {error, loop_destroyed}.
 destroy(Loop, EventProc) when is_reference(Loop), is_pid(EventProc) ->
     case py_event_proc:call(EventProc, {destroy, Loop}) of

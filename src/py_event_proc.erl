@@ -665,14 +665,12 @@ handle_request(info, From, S) ->
     gen:reply(From, counters(S)),
     loop(S);
 handle_request({destroy, Loop}, From, #state{loop = Loop} = S) ->
-    gen:reply(From, ok),
-    shutdown(normal, S);
+    shutdown(normal, From, S);
 handle_request({destroy, _OtherLoop}, From, S) ->
     gen:reply(From, {badarg, not_this_loop}),
     loop(S);
 handle_request(stop, From, S) ->
-    gen:reply(From, ok),
-    shutdown(normal, S);
+    shutdown(normal, From, S);
 handle_request(Request, From, S) ->
     gen:reply(From, {error, {bad_request, Request}}),
     loop(S).
@@ -708,14 +706,25 @@ loop_exited({crash, Msg}, S) ->
 %% thread is asked to stop.
 -spec shutdown(term(), #state{}) -> no_return().
 shutdown(Reason, S) ->
+    release_all(S),
+    exit(Reason).
+
+%% Asked to go (`destroy', `stop'): the caller is answered once everything is released,
+%% so that an fd it watched can be watched again as soon as the call returns.
+-spec shutdown(term(), {pid(), term()}, #state{}) -> no_return().
+shutdown(Reason, From, S) ->
+    release_all(S),
+    gen:reply(From, ok),
+    exit(Reason).
+
+release_all(S) ->
     [gen:reply(From, []) || #waiter{from = From} <- S#state.waiters],
     %% Consumers learn of it from their monitors ({'DOWN', Ref, ...}).
     [ets:delete(py_streams, Ref) || #stream{ref = Ref} <- maps:values(S#state.streams)],
     py_ep_fds:stop_all(S#state.fds),
     py_ep_children:stop_all(S#state.children),
     py_ep_sockets:close_all(S#state.sockets),
-    py_nif:loop_close(S#state.loop),
-    exit(Reason).
+    py_nif:loop_close(S#state.loop).
 
 %% @private
 -spec system_continue(pid() | undefined, [sys:dbg_opt()], #state{}) -> no_return().

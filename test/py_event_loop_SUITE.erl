@@ -326,6 +326,17 @@ destroy_releases_selects_without_closing_fds(Config) ->
     write_fd(W, <<"x">>),
     ?assertEqual([{3, read}], py_event_loop_v2:poll(E2, 1000)),
     ok = py_event_loop_v2:destroy(L2, E2),
+    %% Released before destroy returns (it answered first and released after, and under
+    %% load another loop's add_reader could still find the fd taken).
+    {ok, L3, E3} = py_event_loop_v2:new(),
+    [begin
+         {ok, L4, E4} = py_event_loop_v2:new(),
+         ok = py_event_loop_v2:add_reader(E4, R, 4),
+         ok = py_event_loop_v2:destroy(L4, E4),
+         ?assertEqual({I, ok}, {I, py_event_loop_v2:add_reader(E3, R, 5)}),
+         ok = py_event_loop_v2:remove_reader(E3, R)
+     end || I <- lists:seq(1, 200)],
+    ok = py_event_loop_v2:destroy(L3, E3),
     close_fds([R, W]).
 
 %%% Results
