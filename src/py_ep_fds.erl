@@ -5,8 +5,7 @@
 %% a poller comes back after that event was delivered, not when it is queued or handed
 %% over: until the poller has acted on it, the fd would only report the same readiness
 %% again. The fd is never closed here; when both directions are removed the watch is
-%% stopped. The loop's own asyncio code gets a watch on a duplicate of its fd, closed when
-%% the watch stops: it closes its sockets without waiting for the unwatch.
+%% stopped.
 -module(py_ep_fds).
 
 -export([new/0, add/5, remove/3, ready/4, rearm/2, stop_all/1, size/1]).
@@ -27,7 +26,7 @@ new() ->
 -spec add(integer(), dir(), term(), non_neg_integer(), t()) ->
     {ok, t()} | {error, badfd | already_registered}.
 add(Fd, Dir, Id, Serial, Fds) ->
-    case watch_of(Fd, Id, Fds) of
+    case watch_of(Fd, Fds) of
         {error, _} = Error ->
             Error;
         {ok, #fd{} = Entry} ->
@@ -46,21 +45,16 @@ add(Fd, Dir, Id, Serial, Fds) ->
             end
     end.
 
-%% The loop's own asyncio code (`native') closes its fds as soon as it has asked for them
-%% to be unwatched, so its watches select a duplicate (see py_nif:fd_watch_dup/1).
-watch_of(Fd, Id, Fds) ->
+watch_of(Fd, Fds) ->
     case Fds of
         #{Fd := Entry} ->
             {ok, Entry};
         #{} ->
-            case new_watch(Fd, Id) of
+            case py_nif:fd_watch(Fd) of
                 {ok, Watch} -> {ok, #fd{watch = Watch}};
                 {error, _} = Error -> Error
             end
     end.
-
-new_watch(Fd, native) -> py_nif:fd_watch_dup(Fd);
-new_watch(Fd, _Id) -> py_nif:fd_watch(Fd).
 
 forget_if_unused(#fd{read = undefined, write = undefined, watch = W}) ->
     py_nif:fd_stop(W);

@@ -10,7 +10,7 @@
 -export([stream_credit/3, callback_reply/2, callback_reply_dirty/2, register_name/2,
          callback_expire/1, callback_worker_idle/1, callback_worker_next/1,
          callback_worker_retire/1]).
--export([fd_watch/1, fd_watch_dup/1, fd_select/3, fd_select_all/1, fd_cancel/2, fd_stop/1,
+-export([fd_watch/1, fd_select/3, fd_select_all/1, fd_cancel/2, fd_stop/1,
          fd_read/2, fd_write/2, spawn_child/2, child_wait/1, child_kill/2]).
 
 -on_load(load/0).
@@ -21,12 +21,11 @@
        deliver_events/2, link_failed/2,
        stream_credit/3, callback_reply/2, callback_reply_dirty/2, register_name/2,
        callback_expire/1, callback_worker_idle/1, callback_worker_next/1, callback_worker_retire/1,
-       fd_watch/1, fd_watch_dup/1, fd_select/3, fd_select_all/1, fd_cancel/2, fd_stop/1,
+       fd_watch/1, fd_select/3, fd_select_all/1, fd_cancel/2, fd_stop/1,
        fd_read/2, fd_write/2, spawn_child/2, child_wait/1, child_kill/2]).
 
 -type loop() :: reference().
-%% An fd under enif_select: a caller's fd (never closed here), a pipe of ours, a duplicate of
-%% a loop's own fd, or a pidfd.
+%% An fd under enif_select: a caller's fd (never closed here), a pipe of ours, or a pidfd.
 -type watch() :: reference().
 -export_type([loop/0, watch/0]).
 
@@ -146,11 +145,6 @@ noop_dirty() -> ?NOT_LOADED.
 %% @doc A watch on a caller's fd (validated: it must be open, and watched by no one else).
 -spec fd_watch(integer()) -> {ok, watch()} | {error, badfd | already_registered}.
 fd_watch(_Fd) -> ?NOT_LOADED.
-
-%% @doc A watch on a duplicate of an fd of the loop's asyncio code, which may close the
-%% original before the event process has stopped watching it; closed when the watch stops.
--spec fd_watch_dup(integer()) -> {ok, watch()} | {error, badfd}.
-fd_watch_dup(_Fd) -> ?NOT_LOADED.
 
 %% @doc One-shot readiness: `Msg' is sent to the calling process when the fd is ready.
 -spec fd_select(watch(), read | write, term()) -> ok | {error, badfd}.

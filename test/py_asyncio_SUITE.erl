@@ -37,8 +37,7 @@ groups() ->
                     a_waiting_loop_gives_spare_handles_back]},
      {timers, [], [timers_run_in_order_and_never_early, many_timers_never_early,
                    cancelled_timers_never_run, loop_time_is_monotonic]},
-     {fds, [], [readers_and_writers_on_pipes_and_sockets, registering_a_closed_fd_fails,
-                closing_a_watched_fd_spares_its_next_owner]},
+     {fds, [], [readers_and_writers_on_pipes_and_sockets, registering_a_closed_fd_fails]},
      {lifecycle, [], [run_stop_close, run_forever_in_another_thread,
                       erlang_run_from_a_coroutine_raises,
                       python_loop_owns_an_event_process, dropped_loop_ends_its_event_process,
@@ -303,60 +302,6 @@ registering_a_closed_fd_fails(_Config) ->
      || Which <- [erlang, default],
         Result <- [py:call(aio_loop, closed_fds, [Which]),
                    py:call(aio_suite, call_in_thread, [aio_loop, closed_fds, Which])]].
-
-%% asyncio closes a socket right after remove_reader; the unwatch reaches the event process
-%% later. An Erlang UDP socket that takes the freed fd number meanwhile must keep its
-%% readiness: the emulator keys selects by fd number, and the late deselect used to take
-%% it from the port ("stealing control of fd=N" in the log, and a deaf socket).
-closing_a_watched_fd_spares_its_next_owner(_Config) ->
-    Test = self(),
-    ok = py:register_function(reuse_fd, fun(Fd) -> udp_at_fd(Fd, Test) end),
-    try
-        [begin
-             {ok, {reused, Port}} = scenario(How, aio_loop, fd_reused_before_unwatch, [<<"reuse_fd">>]),
-             Owner = receive {udp_owner, Port, Pid} -> Pid after 5000 -> ct:fail(no_owner) end,
-             {ok, S} = gen_udp:open(0, [binary]),
-             ok = gen_udp:send(S, {127, 0, 0, 1}, Port, <<"still polled">>),
-             receive
-                 {udp_got, Owner, Data} -> ?assertEqual(<<"still polled">>, Data)
-             after 3000 ->
-                 ct:fail({deaf_udp_socket, How})
-             end,
-             gen_udp:close(S)
-         end || How <- [on_default_loop, run, in_thread]]
-    after
-        py:unregister_function(reuse_fd)
-    end.
-
-%% Opens UDP sockets until one gets fd number `Fd' (fds are allocated lowest first); a
-%% process keeps it and reports the first datagram to `Test'.
-udp_at_fd(Fd, Test) ->
-    Self = self(),
-    spawn(fun() ->
-                  {Socket, Extra} = open_at_fd(Fd, []),
-                  [gen_udp:close(E) || E <- Extra],
-                  {ok, Got} = inet:getfd(Socket),
-                  {ok, Port} = inet:port(Socket),
-                  case Got of
-                      Fd ->
-                          Self ! {reused, Port},
-                          Test ! {udp_owner, Port, self()},
-                          receive {udp, Socket, _, _, Data} -> Test ! {udp_got, self(), Data}
-                          after 10000 -> ok
-                          end;
-                      _ ->
-                          Self ! {taken_by_someone_else, Fd, Got}
-                  end,
-                  gen_udp:close(Socket)
-          end),
-    receive {reused, Port} -> {reused, Port}; Other -> Other after 5000 -> no_answer end.
-
-open_at_fd(Fd, Extra) ->
-    {ok, S} = gen_udp:open(0, [binary, {active, true}]),
-    case inet:getfd(S) of
-        {ok, Got} when Got < Fd -> open_at_fd(Fd, [S | Extra]);
-        {ok, _} -> {S, Extra}
-    end.
 
 %%% Lifecycle
 

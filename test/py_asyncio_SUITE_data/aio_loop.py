@@ -396,24 +396,6 @@ async def fd_callbacks() -> dict[str, Any]:
     return out
 
 
-async def fd_reused_before_unwatch(reuse: str) -> Any:
-    """Watches one end of a socketpair, then removes the reader and closes that end, as a
-    transport does. In the same callback, before the loop's unwatch has left the loop, the
-    Erlang function `reuse` opens a UDP socket at the freed fd number. Returns what `reuse`
-    returns; the suite then checks that its socket still receives."""
-    loop = asyncio.get_running_loop()
-    a, b = socket.socketpair()
-    with b:
-        loop.add_reader(a.fileno(), lambda: None)
-        await asyncio.sleep(0.05)  # the watch has reached the event process
-        fd = a.fileno()
-        loop.remove_reader(fd)
-        a.close()
-        reused = erlang.call(reuse, fd)
-    await asyncio.sleep(0.05)  # the unwatch has been handled
-    return reused
-
-
 def closed_fds(which: str) -> list[Any]:
     """What registering a closed fd does on an ErlangEventLoop ("erlang") or on asyncio's
     own loop ("default"): the suite expects the same."""

@@ -40,8 +40,7 @@ const SELECT_FAILED: c_int = 1 << 3;
 pub enum FdKind {
     /// The caller's: never closed here.
     Caller,
-    /// Ours (a child's pipe, or a duplicate of an fd the loop's asyncio code may close at
-    /// any moment): closed.
+    /// Ours (a child's pipe): closed.
     Owned,
     /// A child's pidfd: the child is killed and collected, then the fd closed.
     Child,
@@ -230,29 +229,6 @@ fn fd_watch<'a>(env: Env<'a>, fd: Term<'a>) -> Term<'a> {
             } else {
                 (atoms::error(), atoms::already_registered()).encode(env)
             }
-        }
-        _ => (atoms::error(), atoms::badfd()).encode(env),
-    }
-}
-
-/// `fd_watch_dup(Fd) -> {ok, Watch} | {error, badfd}`: a watch on a duplicate of `Fd`, for
-/// the fds of a loop's own asyncio code. asyncio closes a socket right after
-/// `remove_reader`, while the unwatch is still on its way to the event process; the
-/// emulator keys selects by fd number, so a late deselect of the original number would
-/// take the readiness of whatever reused it (a port, another socket). The duplicate's
-/// number stays ours until the stop callback closes it. No claim: as with asyncio's own
-/// loops, two loops may watch one socket.
-#[rustler::nif]
-fn fd_watch_dup<'a>(env: Env<'a>, fd: Term<'a>) -> Term<'a> {
-    match fd_number(fd) {
-        Some(fd) if fd_is_pollable(fd) => {
-            // SAFETY: F_DUPFD_CLOEXEC only adds a descriptor; the new one is ours, and the
-            // watch (kind Owned) closes it exactly once.
-            let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-            if copy < 0 {
-                return (atoms::error(), atoms::badfd()).encode(env);
-            }
-            (atoms::ok(), new_watch(env, copy, FdKind::Owned)).encode(env)
         }
         _ => (atoms::error(), atoms::badfd()).encode(env),
     }
