@@ -40,8 +40,6 @@
               gather_item/0, stream_opts/0, stream_message/0]).
 
 -define(DEFAULT_TIMEOUT, 30000).
-%% The longest finite timeout, as for `receive ... after' and gen_server:call/3.
--define(MAX_TIMEOUT, 16#FFFFFFFF).
 -define(DEFAULT_WINDOW, 64).
 -define(UNMONITORED_WAIT, 2).
 -define(BADARG(Cause, Args),
@@ -139,7 +137,7 @@ async_await(Ref) ->
 -spec async_await(reference(), timeout()) -> {ok, term()} | {error, error()}.
 async_await(Ref, Timeout) ->
     is_reference(Ref) orelse ?BADARG({ref, Ref}, [Ref, Timeout]),
-    valid_timeout(Timeout) orelse ?BADARG({timeout, Timeout}, [Ref, Timeout]),
+    py_event_proc:valid_timeout(Timeout) orelse ?BADARG({timeout, Timeout}, [Ref, Timeout]),
     case erase({?MODULE, async, Ref}) of
         undefined -> ?BADARG({not_async, Ref}, [Ref, Timeout]);
         {Loop, Id} -> await_async(Ref, Loop, Id, Timeout)
@@ -367,9 +365,6 @@ unregister_function(Name) when is_atom(Name); is_binary(Name) ->
 unregister_function(Name) ->
     ?BADARG({function_name, Name}, [Name]).
 
-valid_timeout(infinity) -> true;
-valid_timeout(T) -> is_integer(T) andalso T >= 0 andalso T =< ?MAX_TIMEOUT.
-
 %% Runs `Run' if every argument has the right shape; a malformed argument (found here or
 %% by the NIF) comes back as `{badarg, Cause}' for the API function to raise.
 checked([{Kind, What, Value} | Rest], Run) ->
@@ -405,7 +400,7 @@ options(Opts) when is_list(Opts) ->
     end;
 options(Opts) when is_map(Opts) ->
     T = maps:get(timeout, Opts, ?DEFAULT_TIMEOUT),
-    case valid_timeout(T) of
+    case py_event_proc:valid_timeout(T) of
         true -> {ok, T, maps:get(loop, Opts, default)};
         false -> {badarg, {timeout, T}}
     end;
@@ -495,6 +490,6 @@ describe({window, V}) -> io_lib:format("window must be an integer from 1 to 1048
 describe({function_name, V}) -> io_lib:format("a function name must be an atom or a non-empty binary, got: ~0tP", [V, 10]);
 describe({callback, V}) -> io_lib:format("a callback must be a fun or {Module, Function}, got: ~0tP", [V, 10]);
 describe({timeout, V}) ->
-    io_lib:format("timeout must be infinity or an integer from 0 to ~b (ms), got: ~0tP", [?MAX_TIMEOUT, V, 10]);
+    io_lib:format("timeout must be infinity or an integer from 0 to 4294967295 (ms), got: ~0tP", [V, 10]);
 describe(Reason) when is_binary(Reason) -> Reason;
 describe(Other) -> io_lib:format("~0tP", [Other, 10]).

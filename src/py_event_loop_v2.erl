@@ -100,12 +100,11 @@ destroy(Loop, EventProc) ->
 %% waits up to `Timeout' ms (or `infinity') for the next ones and returns `[]' on timeout.
 %% `0' never waits. A poller that dies while waiting is forgotten.
 -spec poll(pid(), timeout()) -> [event()] | {error, term()}.
-poll(EventProc, Timeout) when is_pid(EventProc), Timeout =:= infinity;
-                              is_pid(EventProc), is_integer(Timeout), Timeout >= 0,
-                              Timeout =< ?MAX_DELAY ->
-    py_event_proc:call(EventProc, {poll, Timeout});
 poll(EventProc, Timeout) when is_pid(EventProc) ->
-    ?BADARG({timeout, Timeout}, [EventProc, Timeout]);
+    case py_event_proc:valid_timeout(Timeout) of
+        true -> py_event_proc:call(EventProc, {poll, Timeout});
+        false -> ?BADARG({timeout, Timeout}, [EventProc, Timeout])
+    end;
 poll(EventProc, Timeout) ->
     ?BADARG({event_proc, EventProc}, [EventProc, Timeout]).
 

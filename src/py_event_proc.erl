@@ -24,7 +24,7 @@
 %% same. See docs/event-loop.md for the protocol.
 -module(py_event_proc).
 
--export([start_link/1, start/1, call/2, handle/1, info/1, stop/1]).
+-export([start_link/1, start/1, call/2, handle/1, info/1, stop/1, valid_timeout/1]).
 -export([init/3]).
 -export([system_continue/3, system_terminate/4, system_code_change/4, system_get_state/1]).
 
@@ -47,8 +47,10 @@
 %% While more messages wait in the mailbox, at most this many are handled before queued
 %% events go to a waiter: events arriving together leave in one reply, not one each.
 -define(HOLD_MESSAGES, 128).
-%% The longest poll timeout, as `receive ... after' allows (py_event_loop_v2:poll/2).
--define(MAX_TIMEOUT, 16#FFFFFFFF).
+%% `infinity' or at most the longest finite timeout `receive ... after' and
+%% gen_server:call/3 take: the rule for every timeout of the API (valid_timeout/1).
+-define(IS_TIMEOUT(T),
+        (T =:= infinity orelse (is_integer(T) andalso T >= 0 andalso T =< 16#FFFFFFFF))).
 %% The loop thread asks for wake-ups at most a day ahead (asyncio's longest select
 %% timeout); a longer one, only made by hand, is taken as a day.
 -define(MAX_WAKE_US, 86400000000).
@@ -129,6 +131,11 @@ handle(EventProc) ->
 -spec info(pid()) -> map() | {error, term()}.
 info(EventProc) ->
     call(EventProc, info).
+
+%% @doc Whether `T' is a timeout the API takes: `infinity' or 0..4294967295 ms.
+-spec valid_timeout(term()) -> boolean().
+valid_timeout(T) when ?IS_TIMEOUT(T) -> true;
+valid_timeout(_) -> false.
 
 %% @doc Stops the event process; its loop thread finishes its batch and exits.
 -spec stop(pid()) -> ok | {error, term()}.
@@ -598,9 +605,7 @@ cancel_poll_timer(Ref) -> _ = erlang:cancel_timer(Ref, [{async, true}, {info, fa
 
 %%% Requests (gen:call)
 
-handle_request({poll, Timeout}, From, S) when Timeout =:= infinity;
-                                               is_integer(Timeout), Timeout >= 0,
-                                               Timeout =< ?MAX_TIMEOUT ->
+handle_request({poll, Timeout}, From, S) when ?IS_TIMEOUT(Timeout) ->
     poll(From, Timeout, rearm_delivered(S));
 handle_request({add_fd, Fd, Dir, Id}, From, #state{fds = Fds, serial = Serial} = S)
   when ?IS_DIR(Dir) ->
